@@ -1,0 +1,380 @@
+"""AMI wire format: bytes in, messages out; actions in, bytes out. No I/O.
+
+Theory of operation
+-------------------
+An AMI stream is a banner line (``Asterisk Call Manager/x.y.z``) followed by
+messages. A message is a block of ``Key: value`` lines ended by an empty line.
+Real servers bend that rule, so :class:`Parser` frames on *bytes* and accepts:
+
+* ``\\r\\n`` or bare ``\\n`` line ends, ``\\r\\n\\n`` terminators and extra blank
+  lines between messages (they are skipped, never turned into empty messages);
+* a UTF-8 character split across two reads (a block is decoded only once it is
+  complete, and invalid bytes become U+FFFD instead of raising);
+* the legacy ``Response: Follows`` reply to ``Action: Command``, whose free-text
+  body may contain blank lines and ends with ``--END COMMAND--``; its lines are
+  exposed as ``Output`` headers, like the modern format;
+* lines without a colon (``--END SMS EVENT--``), kept under the empty key;
+* a message larger than ``max_message`` bytes: it is dropped with a log line
+  and framing resumes at the next terminator.
+
+A :class:`Message` is an ordered multimap. Header names keep their spelling but
+are looked up case-insensitively (``Uniqueid`` / ``UniqueID``). Headers are
+split out of the block lazily, on first access: the call model looks at the
+event name of every message but at the headers of few, and the three most
+frequent events (CEL, VarSet, Newexten) are never split at all.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import re
+from collections.abc import Iterable, Iterator, Mapping
+
+from cti.errors import AmiProtocolError
+
+log = logging.getLogger(__name__)
+
+BANNER_PREFIX = "Asterisk Call Manager/"
+MAX_MESSAGE = 1 << 20  # 1 MiB: a CoreShowChannels item is ~1 KB, a VarSet can be 70 KB
+
+# One line end followed by an empty line: \r\n\r\n, \r\n\n, \n\r\n or \n\n.
+_TERMINATOR = re.compile(rb"\r?\n\r?\n")
+_END_COMMAND = b"--END COMMAND--"
+_FOLLOWS = b"response: follows"
+
+
+class Kind(enum.IntEnum):
+    """What a message is. An ``Event:`` header wins over ``Response:``."""
+
+    EVENT = 1
+    RESPONSE = 2
+    ACTION = 3
+    OTHER = 4
+
+
+class Message:
+    """One AMI message: ordered ``(key, value)`` pairs, case-insensitive lookup.
+
+    Build one from wire text with :meth:`from_text` (what the parser does) or
+    from pairs with :meth:`from_pairs`. Read it with :meth:`get`,
+    :meth:`get_all`, ``msg["Key"]`` or ``"Key" in msg``.
+    """
+
+    __slots__ = ("kind", "name", "_text", "_pairs", "_first")
+
+    def __init__(self, kind: Kind, name: str, text: str | None,
+                 pairs: list[tuple[str, str]] | None = None) -> None:
+        self.kind = kind
+        self.name = name
+        self._text = text
+        self._pairs = pairs
+        self._first: dict[str, str] | None = None
+
+    # -- construction ------------------------------------------------------
+
+    @classmethod
+    def from_text(cls, text: str) -> Message:
+        """Classify one decoded message block; headers are split later."""
+        if text.startswith("Event: "):
+            end = text.find("\n")
+            name = text[7:end] if end >= 0 else text[7:]
+            return cls(Kind.EVENT, name.rstrip("\r"), text)
+        msg = cls(Kind.OTHER, "", text)
+        msg._classify()
+        return msg
+
+    @classmethod
+    def from_pairs(cls, pairs: Iterable[tuple[str, str]]) -> Message:
+        """Build a message from ``(key, value)`` pairs (tests, simulator)."""
+        msg = cls(Kind.OTHER, "", None, list(pairs))
+        msg._classify()
+        return msg
+
+    def _classify(self) -> None:
+        first = self._index()
+        if "event" in first:
+            self.kind, self.name = Kind.EVENT, first["event"]
+        elif "response" in first:
+            self.kind, self.name = Kind.RESPONSE, first["response"]
+        elif "action" in first:
+            self.kind, self.name = Kind.ACTION, first["action"]
+        else:
+            self.kind, self.name = Kind.OTHER, ""
+
+    # -- access ------------------------------------------------------------
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        """All headers in wire order, repeats included, original spelling."""
+        if self._pairs is None:
+            self._pairs = _split_headers(self._text or "")
+        return self._pairs
+
+    def _index(self) -> dict[str, str]:
+        if self._first is None:
+            first: dict[str, str] = {}
+            for key, value in self.pairs:
+                first.setdefault(key.lower(), value)
+            self._first = first
+        return self._first
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        """The *first* value of ``key`` (any case), or ``default``."""
+        return self._index().get(key.lower(), default)
+
+    def get_all(self, key: str) -> list[str]:
+        """Every value of ``key`` (any case), in wire order."""
+        key = key.lower()
+        return [v for k, v in self.pairs if k.lower() == key]
+
+    def __getitem__(self, key: str) -> str:
+        value = self._index().get(key.lower())
+        if value is None:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.lower() in self._index()
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self.pairs)
+
+    @property
+    def action_id(self) -> str | None:
+        return self.get("ActionID")
+
+    @property
+    def output(self) -> list[str]:
+        """Command output lines, for both the legacy and the modern format."""
+        return self.get_all("Output")
+
+    def to_text(self) -> str:
+        return "".join(f"{k}: {v}\r\n" if k else f"{v}\r\n" for k, v in self.pairs) + "\r\n"
+
+    def __repr__(self) -> str:
+        return f"<Message {self.kind.name} {self.name!r} {self.pairs!r}>"
+
+
+def _split_headers(text: str) -> list[tuple[str, str]]:
+    pairs: list[tuple[str, str]] = []
+    append = pairs.append
+    for line in text.split("\n"):
+        if line.endswith("\r"):
+            line = line[:-1]
+        if not line:
+            continue
+        colon = line.find(":")
+        if colon <= 0:
+            append(("", line))  # e.g. "--END SMS EVENT--": kept, not fatal
+            continue
+        value = line[colon + 1:]
+        if value.startswith(" "):
+            value = value[1:]
+        append((line[:colon], value))
+    return pairs
+
+
+def _follows_message(block: bytes) -> Message:
+    """Legacy ``Response: Follows``: headers, then free text as Output lines."""
+    text = block.decode("utf-8", "replace")
+    lines = text.split("\n")
+    pairs: list[tuple[str, str]] = []
+    body_start = len(lines)
+    for i, line in enumerate(lines):
+        line = line.rstrip("\r")
+        key, sep, value = line.partition(":")
+        if i == 0 or (sep and key.lower() in ("privilege", "actionid")):
+            pairs.append((key, value[1:] if value.startswith(" ") else value))
+            continue
+        body_start = i
+        break
+    for line in lines[body_start:]:
+        line = line.rstrip("\r")
+        if line == _END_COMMAND.decode():
+            break
+        pairs.append(("Output", line))
+    return Message(Kind.RESPONSE, "Follows", None, pairs)
+
+
+def chan_vars(msg: Message) -> dict[str, dict[str, str]]:
+    """Channel variables of an event, grouped by channel.
+
+    ``ChanVariable: a=1`` goes under ``""`` (the event's own channel),
+    ``ChanVariable(Local/x;2): a=1`` under ``"Local/x;2"``, and
+    ``DestChanVariable: a=1`` under ``"dest"``. A bare ``ChanVariable: a``
+    means ``a`` is empty.
+    """
+    out: dict[str, dict[str, str]] = {}
+    for key, value in msg.pairs:
+        low = key.lower()
+        if low.startswith("chanvariable"):
+            rest = key[len("chanvariable"):]
+            group = rest[1:-1] if rest.startswith("(") and rest.endswith(")") else ""
+        elif low.startswith("destchanvariable"):
+            group = "dest"
+        else:
+            continue
+        name, _, val = value.partition("=")
+        out.setdefault(group, {})[name] = val
+    return out
+
+
+class Parser:
+    """Incremental AMI framer: call :meth:`feed` with each read, get messages.
+
+    ``expect_banner`` makes the first line the banner (client side); it is
+    stored in :attr:`banner` and never handed out as a message. The parser
+    never raises on input: damaged bytes become U+FFFD, oversized messages are
+    dropped and counted in :attr:`dropped`.
+    """
+
+    def __init__(self, expect_banner: bool = True, max_message: int = MAX_MESSAGE) -> None:
+        self.banner: str | None = None
+        self.dropped = 0
+        self._expect_banner = expect_banner
+        self._max = max_message
+        self._buf = bytearray()
+        self._discarding = False  # inside an oversized message: skip to its end
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a complete message."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Message]:
+        """Add one read's bytes; return the messages they complete."""
+        buf = self._buf
+        buf += data
+        if self._expect_banner and not self._read_banner():
+            return []
+        out: list[Message] = []
+        if self._discarding and not self._skip_oversized():
+            return out
+        pos = 0
+        end = len(buf)
+        search = _TERMINATOR.search
+        while pos < end:
+            # skip blank lines between messages
+            while pos < end and buf[pos] in (13, 10):
+                pos += 1
+            if pos >= end:
+                break
+            if buf[pos] in (82, 114) and buf[pos:pos + 17].lower() == _FOLLOWS:
+                stop = self._follows_end(pos)
+                if stop < 0:
+                    break
+                out.append(_follows_message(bytes(buf[pos:stop])))
+                pos = stop
+                continue
+            m = search(buf, pos)
+            if m is None:
+                break
+            start, stop = m.span()
+            if start - pos > self._max:
+                self._drop(start - pos)
+            else:
+                out.append(Message.from_text(buf[pos:start].decode("utf-8", "replace")))
+            pos = stop
+        if pos:
+            del buf[:pos]
+        if len(buf) > self._max:
+            self._drop(len(buf))
+            buf.clear()
+            self._discarding = True
+        return out
+
+    def _read_banner(self) -> bool:
+        nl = self._buf.find(b"\n")
+        if nl < 0:
+            if len(self._buf) > 4096:  # no line end at all: not a banner
+                self._expect_banner = False
+                return True
+            return False
+        line = self._buf[:nl].rstrip(b"\r").decode("utf-8", "replace")
+        self._expect_banner = False
+        if _looks_like_header(line):
+            log.warning("AMI server sent no banner; first line is %r", line[:80])
+            return True
+        if not line.startswith(BANNER_PREFIX):
+            log.warning("unexpected AMI banner %r; trying to log in anyway", line[:80])
+        self.banner = line
+        del self._buf[:nl + 1]
+        return True
+
+    def _follows_end(self, pos: int) -> int:
+        """End offset (after its blank line) of a Follows block, or -1."""
+        mark = self._buf.find(_END_COMMAND, pos)
+        if mark < 0:
+            return -1
+        nl = self._buf.find(b"\n", mark)
+        if nl < 0:
+            return -1
+        stop = nl + 1
+        # the terminating empty line, if already here
+        if self._buf[stop:stop + 2] == b"\r\n":
+            stop += 2
+        elif self._buf[stop:stop + 1] == b"\n":
+            stop += 1
+        return stop
+
+    def _skip_oversized(self) -> bool:
+        m = _TERMINATOR.search(self._buf)
+        if m is None:
+            keep = 3  # a terminator may straddle reads
+            del self._buf[:max(0, len(self._buf) - keep)]
+            return False
+        del self._buf[:m.end()]
+        self._discarding = False
+        return True
+
+    def _drop(self, size: int) -> None:
+        self.dropped += 1
+        log.warning("dropped an AMI message of %d bytes (limit %d); resynchronising",
+                    size, self._max)
+
+
+def _looks_like_header(line: str) -> bool:
+    key, sep, _ = line.partition(": ")
+    return bool(sep) and bool(key) and " " not in key and "/" not in key
+
+
+# --- actions out ------------------------------------------------------------
+
+HeaderValue = str | int | bool | Iterable[str]
+
+
+def build_action(name: str, action_id: str,
+                 headers: Mapping[str, HeaderValue] | Iterable[tuple[str, HeaderValue]] = (),
+                 ) -> bytes:
+    """Serialise an action. A list value gives one line per item (``Variable``).
+
+    Raises :class:`AmiProtocolError` naming the header if a key or value holds
+    a line break (header injection) or a key is not a plain token.
+    """
+    lines = [f"Action: {_clean('Action', name)}", f"ActionID: {_clean('ActionID', action_id)}"]
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    for key, value in items:
+        if not key or any(c in key for c in ":\r\n ") :
+            raise AmiProtocolError(f"invalid AMI header name {key!r}: expected a token without ':', spaces or line breaks")
+        if key.lower() in ("action", "actionid"):
+            raise AmiProtocolError(f"header {key!r} is set by the client; pass it as an argument")
+        if isinstance(value, bool):
+            lines.append(f"{key}: {'true' if value else 'false'}")
+        elif isinstance(value, (str, int)):
+            lines.append(f"{key}: {_clean(key, str(value))}")
+        else:
+            for item in value:
+                lines.append(f"{key}: {_clean(key, str(item))}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+
+
+def _clean(key: str, value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise AmiProtocolError(f"AMI header {key!r} has a line break in its value {value[:40]!r}")
+    return value
+
+
+def is_empty_value(value: str | None) -> bool:
+    """True for the ways Asterisk spells "no value": '', <unknown>, <null>."""
+    return value is None or value == "" or value in ("<unknown>", "<null>", "<none>")
