@@ -189,9 +189,13 @@ def _follows_message(block: bytes) -> Message:
             continue
         body_start = i
         break
+    end_mark = _END_COMMAND.decode()
     for line in lines[body_start:]:
         line = line.rstrip("\r")
-        if line == _END_COMMAND.decode():
+        if line.endswith(end_mark):
+            # old versions glue the trailer to output that lacks a final newline
+            if line != end_mark:
+                pairs.append(("Output", line[:-len(end_mark)]))
             break
         pairs.append(("Output", line))
     return Message(Kind.RESPONSE, "Follows", None, pairs)
@@ -235,6 +239,10 @@ class Parser:
         self._expect_banner = expect_banner
         self._max = max_message
         self._buf = bytearray()
+        # Offset in _buf before which the incomplete message at its start is known
+        # to hold no terminator: each read is scanned once, not the whole buffer
+        # again (a 1 MiB message in 1 KB reads would otherwise cost ~1000 rescans).
+        self._scanned = 0
         self._discarding = False  # inside an oversized message: skip to its end
 
     @property
@@ -243,7 +251,7 @@ class Parser:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[Message]:
-        """Add one read's bytes; return the messages they complete."""
+        """Add one read's bytes; return the messages they complete (maybe none)."""
         buf = self._buf
         buf += data
         if self._expect_banner and not self._read_banner():
@@ -253,6 +261,7 @@ class Parser:
             return out
         pos = 0
         end = len(buf)
+        scanned = self._scanned
         search = _TERMINATOR.search
         while pos < end:
             # skip blank lines between messages
@@ -261,15 +270,16 @@ class Parser:
             if pos >= end:
                 break
             if buf[pos] in (82, 114) and buf[pos:pos + 17].lower() == _FOLLOWS:
-                stop = self._follows_end(pos)
+                stop = self._follows_end(pos, max(pos, scanned - len(_END_COMMAND)))
                 if stop < 0:
                     break
                 out.append(_follows_message(bytes(buf[pos:stop])))
-                pos = stop
+                pos, scanned = stop, 0
                 continue
-            m = search(buf, pos)
+            m = search(buf, max(pos, scanned))
             if m is None:
                 break
+            scanned = 0
             start, stop = m.span()
             if start - pos > self._max:
                 self._drop(start - pos)
@@ -278,9 +288,12 @@ class Parser:
             pos = stop
         if pos:
             del buf[:pos]
+        # a terminator (at most 4 bytes) may straddle this read and the next
+        self._scanned = max(0, len(buf) - 3)
         if len(buf) > self._max:
             self._drop(len(buf))
-            buf.clear()
+            del buf[:-3]
+            self._scanned = 0
             self._discarding = True
         return out
 
@@ -302,9 +315,9 @@ class Parser:
         del self._buf[:nl + 1]
         return True
 
-    def _follows_end(self, pos: int) -> int:
-        """End offset (after its blank line) of a Follows block, or -1."""
-        mark = self._buf.find(_END_COMMAND, pos)
+    def _follows_end(self, pos: int, search_from: int) -> int:
+        """End offset (after its blank line) of a Follows block at ``pos``, or -1."""
+        mark = self._buf.find(_END_COMMAND, search_from)
         if mark < 0:
             return -1
         nl = self._buf.find(b"\n", mark)
@@ -321,10 +334,10 @@ class Parser:
     def _skip_oversized(self) -> bool:
         m = _TERMINATOR.search(self._buf)
         if m is None:
-            keep = 3  # a terminator may straddle reads
-            del self._buf[:max(0, len(self._buf) - keep)]
+            del self._buf[:-3]  # a terminator may straddle reads
             return False
         del self._buf[:m.end()]
+        self._scanned = 0
         self._discarding = False
         return True
 
@@ -355,8 +368,9 @@ def build_action(name: str, action_id: str,
     lines = [f"Action: {_clean('Action', name)}", f"ActionID: {_clean('ActionID', action_id)}"]
     items = headers.items() if isinstance(headers, Mapping) else headers
     for key, value in items:
-        if not key or any(c in key for c in ":\r\n ") :
-            raise AmiProtocolError(f"invalid AMI header name {key!r}: expected a token without ':', spaces or line breaks")
+        if not key or any(c in key for c in ":\r\n "):
+            raise AmiProtocolError(f"invalid AMI header name {key!r}: expected a token "
+                                   "without ':', spaces or line breaks")
         if key.lower() in ("action", "actionid"):
             raise AmiProtocolError(f"header {key!r} is set by the client; pass it as an argument")
         if isinstance(value, bool):
