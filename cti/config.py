@@ -105,6 +105,8 @@ def _default_rules() -> list[RouteRule]:
 
 
 class RoutingSettings(BaseModel):
+    # Not "general": that name is queues.conf's settings section, so a static
+    # queue cannot have it (the recording lab had to use realtime for it).
     default_queue: str = "general"          # unknown caller, CRM slow or down
     default_priority: int = 0
     known_queue: str = "general"            # known customer, no rule matched

@@ -1,0 +1,313 @@
+"""The daemon: the one place that knows every part and wires them together.
+
+Data flows one way::
+
+    AMI bytes -> AmiClient -> CallTracker -> CallUpdates -> PopBook -> PopServer
+                                                        \\-> CallStore (+ outbox -> CRM)
+    FastAGI -> AgiServer -> RouteService -> CRM (cached)   (route -> tracker, profile -> pops)
+
+Nothing in here parses protocols or decides routes; it moves results between
+the parts and owns their lifetimes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cti.agi.server import AgiServer
+from cti.ami.client import AmiClient
+from cti.ami.protocol import Message
+from cti.calls.agents import AgentDirectory
+from cti.calls.model import Call, CallUpdate, Change, Route
+from cti.calls.tracker import CallTracker
+from cti.config import Settings
+from cti.crm.base import LookupResult
+from cti.crm.cache import CachedCrm
+from cti.crm.phone import normalise
+from cti.crm.sqlite import SqliteCrm
+from cti.errors import CtiError
+from cti.log import get_logger
+from cti.metrics import Metrics
+from cti.pops.book import PopBook
+from cti.pops.server import PopServer
+from cti.routing.service import RouteService
+from cti.store import CallStore
+
+log = get_logger(__name__)
+
+PROFILE_TIMEOUT = 3.0     # a pop's profile may arrive late, but not forever
+OUTBOX_INTERVAL = 1.0
+
+
+@dataclass
+class Endpoints:
+    """Where a running daemon listens (ports resolved when 0 was configured)."""
+
+    ami: str
+    agi: str
+    pops: str
+    http: str
+    console: str
+
+
+class Daemon:
+    """Build with settings, then ``await start()`` … ``await stop()``."""
+
+    def __init__(self, settings: Settings, *, with_simulator: bool = False) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.store = CallStore(settings.store.path)
+        self.crm_backend = SqliteCrm(settings.crm.path, settings.crm.default_region,
+                                     history_days=settings.crm.history_days)
+        self.crm = CachedCrm(self.crm_backend, ttl=settings.crm.cache_ttl,
+                             negative_ttl=settings.crm.negative_ttl,
+                             breaker_failures=settings.crm.breaker_failures,
+                             breaker_reset=settings.crm.breaker_reset)
+        self.directory = AgentDirectory.from_settings(settings.agents)
+        self.tracker = CallTracker(self.directory, settings.calls.outbound_contexts)
+        self.book = PopBook(settings.pops.articles_per_pop)
+        self.pops = PopServer(settings.pops, settings.agents, self.book)
+        self.routes = RouteService(self.crm, settings, on_route=self._on_route)
+        self.agi = AgiServer(settings.agi.host, settings.agi.port, {"route": self.routes.agi_route},
+                             header_timeout=settings.agi.header_timeout,
+                             max_sessions=settings.agi.max_sessions)
+        self.simulator: Any = None
+        self._with_simulator = with_simulator
+        self.ami: AmiClient | None = None
+        self.http: Any = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._records: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._stopping = False
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> Endpoints:
+        s = self.settings
+        await self.store.open()
+        await self.crm_backend.open()
+        if s.crm.seed_demo and await self.crm_backend.is_empty():
+            from cti.crm.demo import seed_demo
+
+            await seed_demo(self.crm_backend)
+            log.info("seeded the embedded CRM with demo customers", path=str(s.crm.path))
+        await self.pops.start()
+        await self.agi.start()
+
+        ami_settings = s.ami
+        if self._with_simulator:
+            from cti.sim.pbx import PbxSimulator
+
+            self.simulator = PbxSimulator(
+                host=s.sim.host, ami_port=s.sim.port, username=s.ami.username,
+                secret=s.ami.secret.get_secret_value(),
+                agi_url=f"agi://{s.agi.host}:{self.agi.port}/route",
+                rate=s.sim.rate, speed=s.sim.speed, seed=s.sim.seed)
+            await self.simulator.start()
+            ami_settings = s.ami.model_copy(update={"host": s.sim.host,
+                                                   "port": self.simulator.ami_port,
+                                                   "backup": None})
+        self.ami = AmiClient(ami_settings, on_event=self._on_ami_event,
+                             on_connected=self._on_ami_connected,
+                             on_disconnected=self._on_ami_disconnected)
+        await self.ami.start()
+
+        from cti.api import start_http
+
+        self.http = await start_http(self, s.http.host, s.http.port)
+        self._spawn(self._record_writer(), "record-writer")
+        self._spawn(self._outbox_worker(), "outbox")
+        if self.simulator is not None:
+            self.simulator.start_calls()
+        eps = self.endpoints()
+        log.info("daemon started", ami=eps.ami, agi=eps.agi, pops=eps.pops, http=eps.http)
+        return eps
+
+    def endpoints(self) -> Endpoints:
+        s = self.settings
+        ami = (f"{s.sim.host}:{self.simulator.ami_port} (PBX simulator)" if self.simulator
+               else ", ".join(str(e) for e in s.ami.endpoints))
+        http = f"http://{s.http.host}:{self.http.port}" if self.http else "-"
+        pops = f"ws://{s.pops.host}:{self.pops.port}/"
+        first = s.agents[0] if s.agents else None
+        console = (f"{http}/console?agent={first.id}&ws={pops}" if first else f"{http}/console")
+        return Endpoints(ami=ami, agi=f"agi://{s.agi.host}:{self.agi.port}/route",
+                         pops=pops, http=http, console=console)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self.simulator is not None:
+            await self.simulator.stop()
+        if self.ami is not None:
+            await self.ami.stop()
+        await self.agi.stop()
+        await self.pops.stop()
+        if self.http is not None:
+            await self.http.stop()
+        await self._records.put(None)   # let the writer drain what was accepted
+        for task in list(self._tasks):
+            if task.get_name() != "record-writer":
+                task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.crm.close()
+        await self.store.close()
+        log.info("daemon stopped")
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- AMI in ------------------------------------------------------------------
+
+    def _on_ami_event(self, msg: Message) -> None:
+        self.metrics.ami_events.inc()
+        try:
+            updates = self.tracker.handle(msg, time.time())
+        except Exception:  # one bad event must never stop the stream
+            log.exception("call tracker failed on an AMI event", event=msg.name)
+            return
+        if updates:
+            self._dispatch(updates)
+
+    async def _on_ami_connected(self) -> None:
+        self.metrics.ami_connects.inc()
+        self.metrics.ami_up.set(1)
+        assert self.ami is not None
+        try:
+            _, items = await self.ami.send_list("CoreShowChannels")
+        except CtiError as exc:
+            log.warning("could not rebuild live calls after connect", error=str(exc))
+            return
+        updates = self.tracker.rebuild(items, time.time())
+        log.info("live calls rebuilt from CoreShowChannels", channels=len(items),
+                 calls=len(self.tracker.live_calls()))
+        self._dispatch(updates)
+
+    def _on_ami_disconnected(self, reason: str) -> None:
+        self.metrics.ami_up.set(0)
+
+    # -- call updates out --------------------------------------------------------
+
+    def _dispatch(self, updates: list[CallUpdate]) -> None:
+        for update in updates:
+            pairs = self.book.apply(update)
+            if pairs:
+                self.pops.publish(pairs)
+                self.metrics.pops_sent.inc(len(pairs))
+            change = update.change
+            if change is Change.CALLER_KNOWN:
+                self._want_profile(update.call)
+            elif change is Change.ENDED:
+                self._records.put_nowait(update.call.as_dict())
+                self.book.forget(update.call.call_id)
+                outcome = update.call.outcome.value if update.call.outcome else "unknown"
+                self.metrics.calls_ended.labels(outcome).inc()
+        self.metrics.calls_live.set(len(self.tracker.live_calls()))
+
+    def _on_route(self, uniqueid: str, route: Route, lookup: LookupResult | None) -> None:
+        self.metrics.routes.labels(route.queue, route.source).inc()
+        updates = self.tracker.attach_route(uniqueid, route, time.time())
+        self._dispatch(updates)
+        for update in updates:
+            if update.change is Change.ROUTED and lookup is not None:
+                self.pops.publish(self.book.set_profile(update.call.call_id, lookup))
+
+    def _want_profile(self, call: Call) -> None:
+        """Look the caller up on first sight, so even a call with no route gets a full pop."""
+        number = normalise(call.caller_num, self.settings.crm.default_region,
+                           self.settings.crm.min_digits)
+        if number.kind == "none" or number.value is None:
+            self.pops.publish(self.book.set_profile(
+                call.call_id, LookupResult(number=None, status="no_number")))
+            return
+        cached = self.crm.peek(number.value)
+        if cached is not None:
+            self.pops.publish(self.book.set_profile(call.call_id, cached))
+            return
+        self._spawn(self._fetch_profile(call.call_id, number.value), f"profile-{call.call_id}")
+
+    async def _fetch_profile(self, call_id: str, number: str) -> None:
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(PROFILE_TIMEOUT):
+                result = await self.crm.lookup(number)
+        except (CtiError, TimeoutError) as exc:
+            self.metrics.crm_errors.inc()
+            log.warning("CRM lookup for a pop failed", call_id=call_id, error=str(exc) or "timeout")
+            result = LookupResult(number=number, status="error")
+        self.metrics.crm_lookup.observe(time.perf_counter() - started)
+        if not self._stopping:
+            self.pops.publish(self.book.set_profile(call_id, result))
+
+    # -- records and CRM write-back ------------------------------------------------
+
+    async def _record_writer(self) -> None:
+        while True:
+            record = await self._records.get()
+            if record is None:
+                return
+            try:
+                await self.store.save_call(record)
+                log.info("call record stored", call_id=record["call_id"],
+                         outcome=record.get("outcome"), agent=record.get("agent"))
+            except Exception:
+                log.exception("could not store a call record", call_id=record["call_id"])
+
+    async def _outbox_worker(self) -> None:
+        delay = OUTBOX_INTERVAL
+        while True:
+            await asyncio.sleep(delay)
+            items = await self.store.pending()
+            self.metrics.outbox_pending.set(len(items))
+            delay = OUTBOX_INTERVAL
+            for item_id, kind, payload in items:
+                try:
+                    await self.crm_backend.log_call(payload)
+                except Exception as exc:  # keep it queued; retry later, slower
+                    await self.store.mark_failed(item_id, str(exc))
+                    log.warning("CRM write-back failed; will retry", call_id=payload.get("call_id"),
+                                error=str(exc))
+                    delay = min(60.0, delay * 4)
+                    break
+                await self.store.mark_done(item_id)
+
+    # -- queries (API, CLI) ----------------------------------------------------------
+
+    def live_calls(self) -> list[dict[str, Any]]:
+        return [c.as_dict() for c in self.tracker.live_calls()]
+
+    def status(self) -> dict[str, Any]:
+        ami_status = self.ami.status if self.ami is not None else None
+        return {
+            "ami": _plain(ami_status),
+            "calls_live": len(self.tracker.live_calls()),
+            "agents_connected": sorted(self.pops.connected_agents()),
+            "endpoints": self.endpoints().__dict__,
+        }
+
+
+def _plain(obj: Any) -> Any:
+    if obj is None:
+        return None
+    if hasattr(obj, "as_dict"):
+        return obj.as_dict()
+    if hasattr(obj, "__dataclass_fields__"):
+        return {k: _plain(getattr(obj, k)) for k in obj.__dataclass_fields__}
+    if hasattr(obj, "value"):
+        return obj.value
+    return obj if isinstance(obj, (str, int, float, bool, list, dict)) else str(obj)
+
+
+async def run_forever(daemon: Daemon) -> None:
+    """Start, print nothing, and run until cancelled (Ctrl-C)."""
+    await daemon.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await daemon.stop()
