@@ -41,12 +41,17 @@ ARTICLES = [
 History = Sequence[tuple[int, str, str, str, str | None, str | None, int | None]]
 
 
-def seed_demo(crm: SqliteCrm, now: datetime | None = None) -> int:
-    """Load the demo customers, tickets, history and articles; returns the customer count.
+async def seed_demo(crm: SqliteCrm, now: datetime | None = None) -> int:
+    """Load the demo data on the CRM's worker thread; returns the customer count.
 
     Safe to run twice (customers are upserted, tickets and history have fixed ids).
-    Blocking: from a running event loop call it through ``asyncio.to_thread``.
+    Raises :class:`~cti.errors.CrmError` if the database fails.
     """
+    return await crm.run_blocking(seed_demo_sync, crm, now)
+
+
+def seed_demo_sync(crm: SqliteCrm, now: datetime | None = None) -> int:
+    """Blocking body of :func:`seed_demo` (for scripts without an event loop)."""
     now = now or datetime.now(UTC)
     for article_id, product, title in ARTICLES:
         crm.add_article(article_id, product, title,

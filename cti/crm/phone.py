@@ -46,7 +46,7 @@ WITHHELD = frozenset({
 })
 
 _SEPARATORS = re.compile(r"[\s\-./()\[\]\u00a0\u2010-\u2015]")
-_DIALABLE = re.compile(r"\+?\d+")
+_DIALABLE = re.compile(r"\+?[0-9]+")
 
 
 class DialNumberError(CtiError, ValueError):
@@ -152,7 +152,7 @@ def format_for_dial(number: str, style: DialStyle, pbx_region: str) -> str:
         raise ConfigError(f"dial style {style!r} is not one of 'e164', 'national'")
 
     text = (number or "").strip()
-    if text.isdigit() and len(text) <= SHORT_MAX_DIGITS:
+    if text.isascii() and text.isdigit() and len(text) <= SHORT_MAX_DIGITS:
         return text
     if not text.startswith("+"):
         raise DialNumberError(f"number {text!r} is not normalised: expected +E.164 or a short "

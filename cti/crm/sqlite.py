@@ -7,11 +7,11 @@ equality on the normalised value; junk values are kept raw with a NULL value, so
 they are visible to people and never match anything.
 
 One SQLite connection in WAL mode serves everything, behind a lock. The coroutines
-(:meth:`SqliteCrm.lookup`, :meth:`SqliteCrm.log_call`, :meth:`SqliteCrm.close`) run
-their queries on one dedicated worker thread, so the event loop never waits on the
-disk. The plain methods (``create_schema``, ``upsert_customer``, ``add_ticket`` ...)
-are for seeding and imports: call them before serving, or through
-``asyncio.to_thread`` from a running loop.
+(``open``, ``lookup``, ``log_call``, ``is_empty``, ``close`` ...) run their queries on
+one dedicated worker thread, so the event loop never waits on the disk. The blocking
+methods (``*_sync``, ``upsert_customer``, ``add_ticket`` ...) are the bodies of those
+coroutines and the tools of seeding and imports: call them off the event loop, e.g.
+through :meth:`SqliteCrm.run_blocking`.
 
 Every :class:`sqlite3.Error` leaves as :class:`~cti.errors.CrmError` naming the
 database file and the operation; a write that fails is rolled back whole.
@@ -146,9 +146,10 @@ class SqliteCrm:
     """The embedded CRM, implementing :class:`cti.crm.base.Crm`.
 
     ``region`` is the ISO 3166 region national numbers belong to unless a customer
-    has its own; ``history_days`` bounds the service history a lookup returns.
-    Opening creates the schema if needed. Call :meth:`close` when done.
-    Raises :class:`CrmUnavailable` if the file cannot be opened.
+    has its own; ``history_days`` bounds the service history a lookup returns (and
+    ``complaint_days`` the recent complaints). Construction does no I/O: ``await
+    open()`` (or any first use) opens the file and creates the schema; ``await
+    close()`` when done. Raises :class:`CrmUnavailable` if the file cannot be opened.
     """
 
     def __init__(self, path: Path | str, region: str, history_days: int = 90, *,
@@ -161,36 +162,97 @@ class SqliteCrm:
         self.history_limit = history_limit
         self._now = now or (lambda: datetime.now(UTC))
         self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
         self._closed = False
-        self._conn = self._connect()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crm-sqlite")
-        self.create_schema()
 
-    # --- connection and transactions -------------------------------------------
+    # --- coroutines: the Crm interface and the daemon's lifecycle --------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            # One connection shared by the worker thread and the sync helpers; the
-            # RLock serialises them, so check_same_thread can be off.
-            conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None,
-                                   check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-        except (sqlite3.Error, OSError) as exc:
-            raise CrmUnavailable(f"cannot open CRM database {self.path!r}: {exc}") from exc
-        return conn
+    async def open(self) -> None:
+        """Open the database and create missing tables (idempotent)."""
+        await self.run_blocking(self.open_sync)
+
+    async def lookup(self, number: str) -> LookupResult:
+        """Customers owning ``number`` (``+E164`` or a short number), best match first.
+
+        Status is ``found`` (one), ``ambiguous`` (several, all returned ranked),
+        ``not_found`` or ``no_number`` (nothing usable was passed; no query made).
+        Raises :class:`CrmError` if the database fails.
+        """
+        return await self.run_blocking(self.lookup_sync, number)
+
+    async def log_call(self, record: dict[str, Any]) -> None:
+        """Write a finished call into the customer's history; see :meth:`log_call_sync`."""
+        await self.run_blocking(self.log_call_sync, record)
+
+    async def get_customer(self, customer_id: str) -> Customer | None:
+        """One customer by id, filled like a lookup match, or None."""
+        return await self.run_blocking(self.get_customer_sync, customer_id)
+
+    async def is_empty(self) -> bool:
+        """True when there is no customer yet (the daemon then seeds the demo)."""
+        return await self.run_blocking(self.customer_count_sync) == 0
+
+    async def customer_count(self) -> int:
+        return await self.run_blocking(self.customer_count_sync)
+
+    async def close(self) -> None:
+        """Close the database after queued queries finish; later calls raise CrmUnavailable."""
+        if not self._closed:
+            await self.run_blocking(self.close_sync)
+        self._executor.shutdown(wait=False)
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` on the CRM's worker thread (seeding, imports, queries)."""
+        if self._closed:
+            raise CrmUnavailable(f"CRM database {self.path!r} is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    # --- connection and transactions -------------------------------------------------
+
+    def open_sync(self) -> None:
+        """Blocking body of :meth:`open`."""
+        with self._lock:
+            if self._closed:
+                raise CrmUnavailable(f"CRM database {self.path!r} is closed")
+            if self._conn is not None:
+                return
+            try:
+                if self.path != ":memory:":
+                    Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                # One connection shared by the worker thread and the blocking helpers;
+                # the RLock serialises them, so check_same_thread can be off.
+                conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None,
+                                       check_same_thread=False)
+                conn.row_factory = sqlite3.Row
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA foreign_keys=ON")
+                conn.executescript(_SCHEMA)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            except (sqlite3.Error, OSError) as exc:
+                raise CrmUnavailable(f"cannot open CRM database {self.path!r}: {exc}") from exc
+            self._conn = conn
+            log.debug("crm database open", db=self.path, region=self.region)
+
+    create_schema = open_sync    # the schema is created (if missing) when opening
+
+    def close_sync(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     @contextmanager
     def _tx(self, what: str, write: bool = False) -> Iterator[sqlite3.Connection]:
         """One transaction: a consistent snapshot for reads, all-or-nothing for writes."""
         with self._lock:
-            if self._closed:
-                raise CrmUnavailable(f"CRM database {self.path!r} is closed ({what})")
+            if self._conn is None:
+                self.open_sync()
             conn = self._conn
+            assert conn is not None
             try:
                 conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 yield conn
@@ -203,61 +265,9 @@ class SqliteCrm:
                     raise CrmError(f"CRM database {self.path!r}: {what} failed: {exc}") from exc
                 raise
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._closed:
-            raise CrmUnavailable(f"CRM database {self.path!r} is closed")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+    # --- blocking bodies (run on the worker thread, or directly by seeding/imports) --
 
-    # --- the Crm interface ------------------------------------------------------
-
-    async def lookup(self, number: str) -> LookupResult:
-        """Customers owning ``number`` (``+E164`` or a short number), best match first.
-
-        Status is ``found`` (one), ``ambiguous`` (several, all returned ranked),
-        ``not_found`` or ``no_number`` (nothing usable was passed; no query made).
-        Raises :class:`CrmError` if the database fails.
-        """
-        return await self._run(self.lookup_sync, number)
-
-    async def log_call(self, record: dict[str, Any]) -> None:
-        """Write a finished call into the customer's history; see :meth:`log_call_sync`."""
-        await self._run(self.log_call_sync, record)
-
-    async def close(self) -> None:
-        """Close the database after queued queries finish; later calls raise CrmUnavailable."""
-        if self._closed:
-            return
-        await self._run(self.close_sync)
-        self._executor.shutdown(wait=False)
-
-    async def get_customer(self, customer_id: str) -> Customer | None:
-        """One customer by id, filled like a lookup match, or None."""
-        return await self._run(self.get_customer_sync, customer_id)
-
-    # --- synchronous core ---------------------------------------------------------
-
-    def close_sync(self) -> None:
-        with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._conn.close()
-        self._executor.shutdown(wait=False)
-
-    def create_schema(self) -> None:
-        """Create missing tables and indexes (idempotent)."""
-        with self._lock:
-            try:
-                self._conn.executescript(_SCHEMA)
-                self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            except sqlite3.Error as exc:
-                raise CrmError(f"CRM database {self.path!r}: creating the schema failed: "
-                               f"{exc}") from exc
-
-    def is_empty(self) -> bool:
-        return self.customer_count() == 0
-
-    def customer_count(self) -> int:
+    def customer_count_sync(self) -> int:
         with self._tx("count customers") as conn:
             return conn.execute("SELECT COUNT(*) FROM customers").fetchone()[0]
 
@@ -351,17 +361,24 @@ class SqliteCrm:
     def log_call_sync(self, record: dict[str, Any]) -> bool:
         """Write a call record into the customer's history, once per ``call_id``.
 
-        Reads ``call_id`` (required), ``customer_id`` (nothing is written without
-        one), ``started_at``/``at``, ``direction``, ``outcome``, ``agent``/``agent_id``,
-        ``queue``, ``talk_seconds``, ``summary``, ``satisfaction``. Logging the same
-        call again updates that row instead of adding one. Returns True if a row was
-        written; raises :class:`CrmError` for a record without ``call_id``.
+        Takes a call record as the call store keeps it (``Call.as_dict()``): the
+        customer is ``customer_id``, else ``route.customer_id``, else the one customer
+        owning ``caller_num`` (nothing is written for an unknown or shared number).
+        Also reads ``started_at``, ``direction``, ``outcome``, ``agent``, ``queue``,
+        ``talk_time``, ``summary`` and ``satisfaction``. Logging the same call again
+        updates its row instead of adding one. Returns True if a row was written;
+        raises :class:`CrmError` for a record without ``call_id``.
         """
         call_id = record.get("call_id")
         if not call_id:
             raise CrmError(f"call record without call_id (keys: {sorted(record)}): "
                            "cannot write it idempotently")
-        customer_id = record.get("customer_id")
+        customer_id = record.get("customer_id") or (record.get("route") or {}).get("customer_id")
+        if not customer_id and record.get("caller_num"):
+            # The route may have missed the CRM (timeout): the history still belongs
+            # to the caller, if the number names exactly one customer.
+            owner = self.lookup_sync(record["caller_num"]).customer
+            customer_id = owner.customer_id if owner else None
         if not customer_id:
             return False
 
@@ -370,7 +387,6 @@ class SqliteCrm:
         outcome = record.get("outcome")
         agent = record.get("agent") or record.get("agent_id")
         summary = record.get("summary") or _call_summary(record, direction, outcome, agent)
-        satisfaction = record.get("satisfaction")
 
         with self._tx("log call", write=True) as conn:
             known = conn.execute("SELECT 1 FROM customers WHERE customer_id = ?",
@@ -387,7 +403,8 @@ class SqliteCrm:
                 " summary = excluded.summary, outcome = excluded.outcome,"
                 " agent = excluded.agent,"
                 " satisfaction = COALESCE(excluded.satisfaction, interactions.satisfaction)",
-                (customer_id, at, direction, summary, outcome, agent, satisfaction, call_id))
+                (customer_id, at, direction, summary, outcome, agent,
+                 record.get("satisfaction"), call_id))
         log.debug("call logged to crm", call_id=call_id, customer_id=customer_id)
         return True
 
@@ -521,6 +538,6 @@ def _call_summary(record: dict[str, Any], direction: str, outcome: str | None,
         parts.append(f"agent {agent}")
     if outcome:
         parts.append(str(outcome))
-    if record.get("talk_seconds") is not None:
-        parts.append(f"talk {int(record['talk_seconds'])} s")
+    if record.get("talk_time") is not None:
+        parts.append(f"talk {round(record['talk_time'])} s")
     return ", ".join(parts)
