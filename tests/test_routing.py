@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from cti.calls.model import Route
-from cti.config import RouteRule, RoutingSettings
+from cti.config import RouteRule, RoutingSettings, Settings
 from cti.crm.base import Customer, LookupResult, Ticket
 from cti.routing.rules import decide, evaluate
+from cti.routing.service import RouteService
 
 SETTINGS = RoutingSettings()   # rules vip (gold/platinum, tag vip), open-complaint, overflow
 
@@ -108,3 +111,72 @@ def test_rule_matches_on_any_of_segment_tag_or_flag_and_says_what_is_missing() -
     assert [(c.rule, c.matched) for c in checks] == [
         ("vip", False), ("open-complaint", False), ("overflow", False)]
     assert checks[0].why == "needs segment in ['gold', 'platinum'] or tag in ['vip']"
+
+
+# -- RouteService without sockets -------------------------------------------------------
+
+
+class GatedCrm:
+    """A CRM whose answer waits for the test to open the gate."""
+
+    def __init__(self, customers: dict[str, Customer]) -> None:
+        self.customers = customers
+        self.gate = asyncio.Event()
+        self.answered: list[str] = []
+
+    async def lookup(self, number: str) -> LookupResult:
+        await self.gate.wait()
+        self.answered.append(number)
+        matches = [self.customers[number]] if number in self.customers else []
+        return LookupResult(number=number, matches=matches,
+                            status="found" if matches else "not_found")
+
+
+async def test_lookup_past_the_budget_gives_default_and_finishes_in_background() -> None:
+    crm = GatedCrm({"+15551230001": customer("CUST-1001", "gold")})
+    service = RouteService(crm, Settings())
+
+    route, lookup = await service.decide_for("+15551230001", budget_s=0.05)
+    crm.gate.set()
+    await asyncio.sleep(0.01)
+
+    assert (route.queue, route.customer_id, lookup) == ("general", None, None)
+    assert route.reason == "CRM lookup timed out after 50 ms: default route"
+    assert crm.answered == ["+15551230001"]       # not cancelled: it fills the cache
+    await service.close()
+
+
+async def test_national_number_is_normalised_before_the_lookup() -> None:
+    crm = GatedCrm({"+15551230001": customer("CUST-1001", "gold")})
+    crm.gate.set()
+    service = RouteService(crm, Settings())
+
+    route, lookup = await service.decide_for("(555) 123-0001", budget_s=1.0)
+
+    assert crm.answered == ["+15551230001"]
+    assert (route.queue, route.customer_id) == ("vip", "CUST-1001")
+    assert lookup is not None and lookup.status == "found"
+
+
+async def test_explain_shows_number_matches_rule_checks_and_decision() -> None:
+    crm = GatedCrm({"+8613800138000": customer("CUST-1", "gold")})
+    crm.gate.set()
+
+    text = await RouteService(crm, Settings()).explain("+8613800138000")
+
+    assert "normalised: +8613800138000 (e164)" in text
+    assert "crm:        found, 1 match(es)" in text
+    assert "rule 'vip': match (segment gold)" in text
+    assert "rule 'overflow': no (needs tag in ['overflow'])" in text
+    assert "route:      queue=vip priority=5 segment=gold customer_id=CUST-1 source=agi" in text
+    assert text.endswith("reason:     CUST-1 segment gold matched rule 'vip'")
+
+
+async def test_explain_withheld_number_makes_no_lookup() -> None:
+    crm = GatedCrm({})
+
+    text = await RouteService(crm, Settings()).explain("anonymous")
+
+    assert "normalised: none (withheld)" in text
+    assert "no usable caller number: default route" in text
+    assert crm.answered == []
