@@ -362,7 +362,6 @@ class PopBook:
             pop.connected_at = leg.answer_at
         ctx.pops[pop.agent] = pop
         self._by_agent.setdefault(pop.agent, {})[ctx.call_id] = pop
-        log.debug("pop opened", call_id=ctx.call_id, agent=pop.agent, state=state.value)
         return pop
 
     def _close(self, ctx: _CallPops, pops: list[_Pop], state: PopState,
@@ -381,7 +380,6 @@ class PopBook:
                 mine.pop(ctx.call_id, None)
                 if not mine:
                     del self._by_agent[pop.agent]
-            log.debug("pop closed", call_id=ctx.call_id, agent=pop.agent, reason=state.value)
         return out
 
     def _bump(self, ctx: _CallPops) -> int:
