@@ -3,10 +3,14 @@
 Cases 12 (ring-all through Local channels) and 14 (blind transfer) are replayed
 from their AMI text through a small stand-in for the tracker that produces the
 CallUpdates the real tracker promises (agent legs only, Linkedid as call id).
+
+The recorded Asterisk 22 traces are replayed through the real tracker
+(:mod:`cti.calls.tracker`, owned by the call-tracking work) at the end.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -47,7 +51,8 @@ class StandInTracker:
             self.call = Call(call_id=msg["Linkedid"], started_at=1.0,
                              caller_num=msg.get("CallerIDNum"), caller_name=msg.get("CallerIDName"),
                              customer_channel=msg["Channel"], customer_uniqueid=msg["Uniqueid"])
-            return [CallUpdate(Change.STARTED, self.call), CallUpdate(Change.CALLER_KNOWN, self.call)]
+            return [CallUpdate(Change.STARTED, self.call),
+                    CallUpdate(Change.CALLER_KNOWN, self.call)]
         call = self.call
         assert call is not None
         if name == "DialBegin" and device_agent(msg.get("DestChannel")):
@@ -451,3 +456,65 @@ def test_ring_all_pops_share_one_body_built_once():
     assert len({p["seq"] for p in pops}) == 1          # each agent's own first message
     assert all(p["history"] is pops[0]["history"] for p in pops)
     assert all(p["customer"] is pops[0]["customer"] for p in pops)
+
+
+# --- real traces through the real tracker ---------------------------------------------
+
+
+def trace_pops(traces_dir: Path, name: str) -> tuple[PopBook, list[tuple[str, dict]]]:
+    tracker_mod = pytest.importorskip("cti.calls.tracker")
+    from cti.calls.agents import AgentDirectory
+    from cti.config import Settings
+
+    settings = Settings()
+    tracker = tracker_mod.CallTracker(AgentDirectory.from_settings(settings.agents),
+                                      settings.calls.outbound_contexts)
+    book = PopBook()
+    out: list[tuple[str, dict]] = []
+    for line in (traces_dir / f"{name}.ami.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["dir"] == "in" and rec["kind"] == "event":
+            msg = Message.from_pairs([tuple(h) for h in rec["headers"]])
+            for update in tracker.handle(msg, rec["t"]):
+                out += book.apply(update)
+    return book, out
+
+
+def test_trace_blind_transfer_moves_the_pop_with_the_original_caller(traces_dir):
+    book, pairs = trace_pops(traces_dir, "blind_transfer")
+    first, second = of(pairs, "1001"), of(pairs, "1004")
+
+    assert {who for who, _ in pairs} == {"1001", "1004"}
+    assert kinds(first) == [("pop", "ringing"), ("pop_update", "connected"),
+                            ("pop_update", "transferred"), ("pop_close", "transferred")]
+    assert kinds(second) == [("pop", "ringing"), ("pop_update", "connected"),
+                             ("pop_update", "ended"), ("pop_close", "ended")]
+    assert second[0]["call_id"] == first[0]["call_id"]
+    assert second[0]["caller"] == first[0]["caller"]
+    # The customer as the dialplan saw it (the FastAGI env of the same recording).
+    env = dict(ln.split(": ", 1) for ln in (traces_dir / "blind_transfer.agi.raw").read_text()
+               .splitlines() if ln.startswith("agi_caller"))
+    assert second[0]["caller"] == {"number": env["agi_callerid"],
+                                   "name": env["agi_calleridname"], "withheld": False}
+    assert second[0]["transferred_from"] == "1001"
+    assert book.open_pops() == 0 and book.live_calls == 0
+
+
+def test_trace_burst_gives_one_pop_per_agent_and_call_and_closes_them_all(traces_dir):
+    book, pairs = trace_pops(traces_dir, "burst")
+    open_now: set[tuple[str, str]] = set()
+    for agent, msg in pairs:
+        key = (agent, msg["call_id"])
+        if msg["type"] == "pop":
+            assert key not in open_now, f"second pop for {key}"
+            open_now.add(key)
+        elif msg["type"] == "pop_close":
+            open_now.remove(key)
+        else:
+            assert key in open_now, f"update for a closed pop {key}"
+    assert open_now == set() and book.open_pops() == 0 and book.live_calls == 0
+    assert len({m["call_id"] for _, m in pairs if m["type"] == "pop_update"
+                and m["update"] == "connected"}) == 20
+    for agent in {who for who, _ in pairs}:
+        seqs = [m["seq"] for m in of(pairs, agent)]
+        assert seqs == list(range(1, len(seqs) + 1))
