@@ -327,6 +327,7 @@ async def test_plain_login_sends_nothing_before_the_banner_and_login_first(
                 ami_client(make_settings(server.port, ping_interval=0.1)) as (client, rec):
             await client.wait_connected(2)
             await until(lambda: server.count("Ping") >= 1)
+            connected_state = client.status.as_dict()["state"]
 
     assert first_bytes == []
     login = server.conns[0].actions[0]
@@ -337,6 +338,7 @@ async def test_plain_login_sends_nothing_before_the_banner_and_login_first(
     assert (status.banner, status.version, status.connects) == (
         "Asterisk Call Manager/11.0.0", "11.0.0", 1)
     assert status.endpoint == f"127.0.0.1:{server.port}"
+    assert (connected_state, status.state) == ("connected", AmiState.DISCONNECTED)  # stopped
     assert [m.name for m in rec.events[:2]] == ["FullyBooted", "SuccessfulAuth"]
     assert any(entry["event"] == "ami connected" for entry in logs)
     assert any(entry["event"] == "ami action" and entry["action"] == "Login" for entry in logs)

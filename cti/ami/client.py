@@ -86,6 +86,12 @@ class AmiStatus:
     auth_failures: int = 0             # refused logins since the last success
     since: float = 0.0                 # wall-clock time of the last state change
 
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form for a health endpoint (state as its lower-case name)."""
+        data = dataclasses.asdict(self)
+        data["state"] = self.state.name.lower()
+        return data
+
 
 def md5_key(challenge: str, secret: str) -> str:
     """The ``Key`` of an MD5 Login: hex md5 of the challenge followed by the secret."""
@@ -218,6 +224,7 @@ class AmiClient:
 
     @property
     def connected(self) -> bool:
+        """True while actions can be sent (logged in and past FullyBooted)."""
         return self._status.state is AmiState.CONNECTED
 
     def next_action_id(self) -> str:
@@ -239,10 +246,12 @@ class AmiClient:
         ``check``, and :class:`AmiProtocolError` for a header that cannot be sent.
         """
         link = self._require_link(name)
-        response = await self._request(link, name, headers, timeout=timeout,
+        pairs, given = _take_action_id(headers, action_id)
+        action_id = given or self.next_action_id()
+        response = await self._request(link, name, pairs, timeout=timeout,
                                        action_id=action_id)
         if check and _is_error(response):
-            raise _action_error(name, response.action_id or "?", response)
+            raise _action_error(name, action_id, response)
         return response
 
     async def send_list(self, name: str, headers: Headers = (), *,
