@@ -26,7 +26,8 @@ from cti.pops.server import MAX_BAD_FRAMES, CloseCode, PopServer
 
 AGENTS = [AgentSettings(id=i, name=f"Agent {i}", token=SecretStr(f"t-{i}"))
           for i in ("101", "102", "103")]
-FAST = dict(heartbeat_interval=0.2, heartbeat_timeout=0.2, auth_timeout=0.3)
+# Small heartbeats so dead peers are found fast; enough slack for a loaded CI machine.
+FAST = dict(heartbeat_interval=0.2, heartbeat_timeout=0.4, auth_timeout=1.0)
 
 
 # --- fixtures and helpers ----------------------------------------------------------------
@@ -303,14 +304,17 @@ async def test_first_frame_must_be_an_auth(pops, first, code):
     assert got[0]["code"] == code and got[0]["message"]
 
 
-async def test_no_auth_frame_within_auth_timeout_closes(pops):
-    server, _ = pops
-    ws = await connect(f"ws://127.0.0.1:{server.port}/agent")
-    code, reason, got = await until_closed(ws)
-    assert code == CloseCode.POLICY_VIOLATION and reason.startswith("auth timeout")
-    assert got[0]["code"] == "auth_timeout"
-    assert server.counters.auth_timeout == 1
-    await eventually(lambda: server.connection_count == 0)
+async def test_no_auth_frame_within_auth_timeout_closes():
+    server, _ = await started(auth_timeout=0.3)
+    try:
+        ws = await connect(f"ws://127.0.0.1:{server.port}/agent")
+        code, reason, got = await until_closed(ws)
+        assert code == CloseCode.POLICY_VIOLATION and reason.startswith("auth timeout")
+        assert got[0]["code"] == "auth_timeout"
+        assert server.counters.auth_timeout == 1
+        await eventually(lambda: server.connection_count == 0)
+    finally:
+        await server.stop()
 
 
 async def test_garbage_frames_get_errors_then_a_1008_close_and_others_are_unaffected(pops):
