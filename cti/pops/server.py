@@ -325,8 +325,9 @@ class PopServer:
                  "name": known.name if known else "", "protocol": PROTOCOL_VERSION,
                  "heartbeat_interval": self.settings.heartbeat_interval,
                  "server_time": time.time()}
-        self._push(conn, orjson.dumps(hello))
-        self._push(conn, orjson.dumps(self.book.snapshot(agent)))
+        # Straight into the queue: even send_queue=1 must not drop a socket on arrival.
+        conn.queue.append(orjson.dumps(hello))
+        conn.queue.append(orjson.dumps(self.book.snapshot(agent)))
         conn.sender = asyncio.create_task(self._send_loop(conn))
         log.info("pop agent connected", agent=agent, peer=conn.peer, sockets=len(conns))
         return conn
