@@ -311,8 +311,12 @@ class CallTracker:
         return track, uid
 
     def _open(self, call_id: str, uid: str, name: str, msg: Message | None, now: float,
-              out: list[CallUpdate]) -> _Track:
+              out: list[CallUpdate], outbound_to: str | None = None) -> _Track:
+        """A new call; ``outbound_to`` (the dialled number, maybe "") makes it OUTBOUND."""
         track = _Track(call=Call(call_id=call_id, started_at=now))
+        if outbound_to is not None:
+            track.call.direction = Direction.OUTBOUND
+            track.call.dialed = outbound_to or None
         self._calls[call_id] = track
         if uid == call_id:
             root_agent = self.directory.resolve(channel=name)
@@ -329,6 +333,8 @@ class CallTracker:
         if track.visible:
             out.append(CallUpdate(Change.STARTED, track.call))
         self._add_channel(track, uid, name, now, out, msg)
+        if msg is not None and uid in track.customer:
+            self._caller(track, msg, out)  # tracking may start on any event of the call
         return track
 
     def _add_channel(self, track: _Track, uid: str, name: str, now: float,
@@ -362,7 +368,8 @@ class CallTracker:
         if first or name.endswith(";2"):
             # the ;2 half runs the dialplan: it joins queues and gets transferred
             call.customer_channel, call.customer_uniqueid = name, uid
-        if first and msg is not None:
+        if first and msg is not None and msg.name == "Newchannel":
+            # where the call entered the PBX; later events show wherever it is now
             context = (msg.get("Context") or "").lower()
             exten = _value(msg, "Exten")
             if context in self.outbound_contexts:
@@ -763,6 +770,8 @@ class CallTracker:
         if talk is not None:
             track.talk[id(leg)] = float(talk)
         out: list[CallUpdate] = []
+        if leg.state is not LegState.CONNECTED:
+            return out  # its hangup or a transfer event ended it already
         if (msg.get("Reason") or "").lower() == "transfer":
             self._transfer_away(track, leg, now, "transfer", None, out)
         else:
@@ -1113,7 +1122,12 @@ class CallTracker:
                                       (m.get("Application") or "") != "Queue",
                                       self.directory.match_channel(m["Channel"]) is not None))
             first = items[0]
-            track = self._open(call_id, first["Uniqueid"], first["Channel"], first, now, out)
+            # a channel still in an outbound context runs the dialled number (its Exten)
+            outbound = next((m for m in items
+                             if (m.get("Context") or "").lower() in self.outbound_contexts), None)
+            dialed = (_value(outbound, "Exten") or "") if outbound is not None else None
+            track = self._open(call_id, first["Uniqueid"], first["Channel"], first, now, out,
+                               dialed)
             track.call.started_at = now - _duration(first.get("Duration"))
             if not track.customer and track.root_agent is None:
                 self._add_customer(track, first["Uniqueid"], first["Channel"], first)
