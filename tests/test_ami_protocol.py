@@ -181,7 +181,8 @@ def test_legacy_follows_body_with_blank_lines_is_one_message(
 
 
 def test_legacy_trailer_glued_to_the_last_output_line_is_stripped() -> None:
-    data = b"Response: Follows\r\nPrivilege: Command\r\nActionID: c\r\nuptime 5--END COMMAND--\r\n\r\n"
+    data = (b"Response: Follows\r\nPrivilege: Command\r\nActionID: c\r\n"
+            b"uptime 5--END COMMAND--\r\n\r\n")
 
     [msg] = parse(data)
 

@@ -70,7 +70,7 @@ class AmiState(enum.IntEnum):
     CONNECTING = 1       # TCP connect and banner
     AUTHENTICATING = 2   # Login sent; then waiting for FullyBooted
     CONNECTED = 3
-    AUTH_FAILED = 4      # the last Login was refused; retrying slowly
+    AUTH_FAILED = 4      # the last Login was refused; kept while retrying (slowly)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -422,6 +422,10 @@ class AmiClient:
     # -- session -------------------------------------------------------------------
 
     def _set_status(self, **changes: Any) -> None:
+        if (self._status.state is AmiState.AUTH_FAILED
+                and changes.get("state") in (AmiState.CONNECTING, AmiState.AUTHENTICATING)):
+            # a retry in progress does not hide the refusal from health checks
+            del changes["state"]
         if "state" in changes and changes["state"] is not self._status.state:
             changes.setdefault("since", time.time())
         self._status = dataclasses.replace(self._status, **changes)
