@@ -61,16 +61,20 @@ Headers = Mapping[str, HeaderValue] | Iterable[tuple[str, HeaderValue]]
 
 _SECRET_HEADERS = frozenset({"secret", "key"})
 _READ_SIZE = 65536
+_STOPPED = "client stopped"
 
 
-class AmiState(enum.IntEnum):
-    """Where the session is. Only CONNECTED accepts :meth:`AmiClient.send_action`."""
+class AmiState(enum.StrEnum):
+    """Where the session is. Only CONNECTED accepts :meth:`AmiClient.send_action`.
 
-    DISCONNECTED = 0
-    CONNECTING = 1       # TCP connect and banner
-    AUTHENTICATING = 2   # Login sent; then waiting for FullyBooted
-    CONNECTED = 3
-    AUTH_FAILED = 4      # the last Login was refused; kept while retrying (slowly)
+    String values, so health checks and JSON show ``"connected"``, not a number.
+    """
+
+    DISCONNECTED = "disconnected"
+    CONNECTING = "connecting"          # TCP connect and banner
+    AUTHENTICATING = "authenticating"  # Login sent; then waiting for FullyBooted
+    CONNECTED = "connected"
+    AUTH_FAILED = "auth_failed"        # the last Login was refused; kept while retrying
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,9 +91,9 @@ class AmiStatus:
     since: float = 0.0                 # wall-clock time of the last state change
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form for a health endpoint (state as its lower-case name)."""
+        """JSON-ready form for a health endpoint (``state`` as its string value)."""
         data = dataclasses.asdict(self)
-        data["state"] = self.state.name.lower()
+        data["state"] = self.state.value
         return data
 
 
@@ -199,7 +203,7 @@ class AmiClient:
             with contextlib.suppress(AmiError, OSError):
                 await self._request(link, "Logoff", (),
                                     timeout=min(1.0, self._settings.action_timeout))
-            link.close("client stopped")
+            link.close(_STOPPED)
         task, self._supervisor = self._supervisor, None
         if task is not None:
             task.cancel()
@@ -214,7 +218,7 @@ class AmiClient:
         except TimeoutError:
             status = self._status
             raise AmiTimeout(
-                f"AMI not connected within {timeout:g}s (state {status.state.name.lower()}, "
+                f"AMI not connected within {timeout:g}s (state {status.state.value}, "
                 f"last error: {status.last_error or 'none'})") from None
 
     @property
@@ -288,7 +292,7 @@ class AmiClient:
             status = self._status
             raise AmiConnectionLost(
                 f"cannot send AMI action {name}: not connected "
-                f"(state {status.state.name.lower()}, last error: {status.last_error or 'none'})")
+                f"(state {status.state.value}, last error: {status.last_error or 'none'})")
         return link
 
     async def _request(self, link: _Link, name: str, headers: Headers, *,
@@ -516,7 +520,7 @@ class AmiClient:
             await link.closed.wait()
             return loop.time() - connected_at
         except asyncio.CancelledError:
-            link.close("client stopped")
+            link.close(_STOPPED)
             raise
         finally:
             link.close(link.reason or "session ended")
@@ -528,8 +532,9 @@ class AmiClient:
             if connected_at is not None:
                 lasted = loop.time() - connected_at
                 self._set_status(state=AmiState.DISCONNECTED, last_error=link.reason)
-                log.warning("ami disconnected", endpoint=str(endpoint), reason=link.reason,
-                            connected_for=round(lasted, 1))
+                level = log.info if link.reason == _STOPPED else log.warning
+                level("ami disconnected", endpoint=str(endpoint), reason=link.reason,
+                      connected_for=round(lasted, 1))
                 if self._on_disconnected is not None:
                     try:
                         self._on_disconnected(link.reason)
