@@ -133,6 +133,62 @@ def test_case12_dial_end_twice_is_idempotent(cases_dir: Path) -> None:
     assert call.as_dict() == before
 
 
+def _queue_member_event(name: str, member: str, uid: str, extra: str = "") -> str:
+    agent = {"1001": "Agent Alice", "1002": "Agent Bob"}[member]
+    return f"""
+        Event: {name}
+        Channel: Local/5550100@from-pstn-00000000;2
+        Uniqueid: 9.1
+        Linkedid: 9.0
+        DestChannel: Local/{member}@agents-0000000{uid[-1]};1
+        DestUniqueid: {uid}
+        DestLinkedid: 9.0
+        Queue: sales
+        Interface: Local/{member}@agents/n
+        MemberName: {agent}
+        {extra}
+        """
+
+
+def test_ring_all_queue_member_cancelled_before_agent_connect_was_answered_elsewhere() -> None:
+    # app_queue: the winner's DialEnd ANSWER, then CANCEL for the others, then AgentConnect
+    tracker = demo_tracker()
+    text = """
+        Event: Newchannel
+        Channel: Local/5550100@from-pstn-00000000;1
+        CallerIDNum: +15551230099
+        CallerIDName: Ring All
+        Context: from-pstn
+        Exten: 5550100
+        Uniqueid: 9.0
+        Linkedid: 9.0
+
+        Event: QueueCallerJoin
+        Channel: Local/5550100@from-pstn-00000000;2
+        Uniqueid: 9.1
+        Linkedid: 9.0
+        Queue: sales
+        """ + "".join([
+        _queue_member_event("AgentCalled", "1001", "9.2"),
+        _queue_member_event("DialBegin", "1001", "9.2"),
+        _queue_member_event("AgentCalled", "1002", "9.4"),
+        _queue_member_event("DialBegin", "1002", "9.4"),
+        _queue_member_event("DialEnd", "1001", "9.2", "DialStatus: ANSWER"),
+        _queue_member_event("DialEnd", "1002", "9.4", "DialStatus: CANCEL"),
+        _queue_member_event("AgentConnect", "1001", "9.2", "HoldTime: 2"),
+    ])
+
+    updates = run(tracker, events(text))
+
+    assert [(u.change, u.leg.agent if u.leg else None) for u in updates] == [
+        (Change.STARTED, None), (Change.CALLER_KNOWN, None), (Change.QUEUED, None),
+        (Change.AGENT_RINGING, "1001"), (Change.AGENT_RINGING, "1002"),
+        (Change.AGENT_RING_ENDED, "1002"), (Change.AGENT_CONNECTED, "1001")]
+    assert updates[5].leg.state is LegState.ANSWERED_ELSEWHERE
+    call = tracker.get("9.0")
+    assert (call.agent, call.wait_time, call.queue) == ("1001", 2.0, "sales")
+
+
 # --- case 14: transfers ------------------------------------------------------------
 
 def test_case14_blind_transfer_moves_the_pop_to_102_with_the_customer(cases_dir: Path) -> None:

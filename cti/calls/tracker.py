@@ -135,6 +135,7 @@ class _Track:
     leg_uids: dict[int, list[str]] = field(default_factory=dict)  # id(leg) -> Uniqueids
     announced: set[int] = field(default_factory=set)         # id(leg) of legs reported
     talk: dict[int, float] = field(default_factory=dict)     # id(leg) -> AgentComplete TalkTime
+    picked_up: set[int] = field(default_factory=set)         # id(leg): DialEnd ANSWER seen
     in_queue: bool = False
     left_queue: bool = False   # QueueCallerLeave without abandon (timeout, empty queue)
     abandoned: bool = False
@@ -668,19 +669,20 @@ class CallTracker:
         return out
 
     def _on_queue_leave(self, msg: Message, now: float) -> list[CallUpdate]:
-        track, _ = self._track_for(msg, now, [], create=False)
+        out: list[CallUpdate] = []
+        track, _ = self._track_for(msg, now, out, create=False)
         if track is not None and track.in_queue:
             track.in_queue = False
             # without an abandon first, nobody took it: timeout or empty queue (unless
             # AgentConnect follows, which it does right after this event when answered)
             track.left_queue = not track.abandoned
-        return []
+        return out
 
     def _on_queue_abandon(self, msg: Message, now: float) -> list[CallUpdate]:
-        track, _ = self._track_for(msg, now, [], create=False)
-        if track is None or track.call.answered_at is not None:
-            return []
         out: list[CallUpdate] = []
+        track, _ = self._track_for(msg, now, out, create=False)
+        if track is None or track.call.answered_at is not None:
+            return out
         track.abandoned = True
         track.in_queue = False
         track.customer_gone = True
@@ -741,23 +743,24 @@ class CallTracker:
         return out
 
     def _on_agent_ring_no_answer(self, msg: Message, now: float) -> list[CallUpdate]:
-        track, _ = self._track_for(msg, now, [], create=False)
-        if track is None:
-            return []
-        leg = self._leg_for(track, msg.get("DestUniqueid"), msg.get("DestChannel"))
         out: list[CallUpdate] = []
+        track, _ = self._track_for(msg, now, out, create=False)
+        if track is None:
+            return out
+        leg = self._leg_for(track, msg.get("DestUniqueid"), msg.get("DestChannel"))
         if leg is not None:
             self._end_leg(track, leg, LegState.NO_ANSWER, now, out)
         return out
 
     def _on_agent_complete(self, msg: Message, now: float) -> list[CallUpdate]:
-        track, _ = self._track_for(msg, now, [], create=False)
+        out: list[CallUpdate] = []
+        track, _ = self._track_for(msg, now, out, create=False)
         agent = self.directory.resolve(msg.get("Interface"), msg.get("MemberName"),
                                        msg.get("DestChannel"))
         if track is None:
             track = self._calls.get(msg.get("Linkedid") or "") or self._call_of_agent(agent)
             if track is None:
-                return []
+                return out
         leg = self._leg_for(track, msg.get("DestUniqueid"), msg.get("DestChannel"))
         if leg is None and agent is not None:
             # After a Redirect AgentComplete names no channel: take the agent's talking leg.
@@ -765,11 +768,10 @@ class CallTracker:
             talked.sort(key=lambda lg: (lg.state is LegState.CONNECTED, lg.answer_at or 0))
             leg = talked[-1] if talked else None
         if leg is None:
-            return []
+            return out
         talk = _int(msg.get("TalkTime"))
         if talk is not None:
             track.talk[id(leg)] = float(talk)
-        out: list[CallUpdate] = []
         if leg.state is not LegState.CONNECTED:
             return out  # its hangup or a transfer event ended it already
         if (msg.get("Reason") or "").lower() == "transfer":
@@ -856,8 +858,12 @@ class CallTracker:
             return []  # not an agent leg, or a repeated DialEnd
         out: list[CallUpdate] = []
         if status == "ANSWER":
-            if leg.queue is None:  # queue legs connect on AgentConnect (it has HoldTime)
+            if leg.queue is None:
                 self._connect(track, leg, now, out)
+            else:
+                # queue legs connect on AgentConnect (it has HoldTime); the queue cancels
+                # the other ringing members before that
+                track.picked_up.add(id(leg))
         elif status == "CANCEL":
             # the caller left, or ring-all: another agent answered
             self._end_leg(track, leg, self._cancel_state(track, leg), now, out)
@@ -878,7 +884,8 @@ class CallTracker:
 
     @staticmethod
     def _cancel_state(track: _Track, leg: AgentLeg) -> LegState:
-        if any(lg is not leg and lg.state is LegState.CONNECTED for lg in track.call.legs):
+        if any(lg is not leg and (lg.state is LegState.CONNECTED or id(lg) in track.picked_up)
+               for lg in track.call.legs):
             return LegState.ANSWERED_ELSEWHERE
         return LegState.CANCELLED
 
