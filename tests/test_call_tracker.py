@@ -791,3 +791,82 @@ def test_one_ringing_pop_per_leg_even_when_dial_begin_comes_first(traces_dir: Pa
     assert len(rings) == 1
     assert (rings[0].leg.queue, rings[0].leg.member_name) == ("vip", "Agent Alice")
     assert Counter(u.change for u in updates)[Change.AGENT_CONNECTED] == 1
+
+
+# --- outcomes without the events that usually decide them ------------------------------------
+
+def test_agent_complete_reason_transfer_alone_marks_the_transfer(traces_dir: Path) -> None:
+    tracker = demo_tracker()
+    trace = [(t, m) for t, m in trace_messages(traces_dir, "blind_transfer")
+             if m.name != "BlindTransfer"]
+
+    updates = [u for t, msg in trace for u in tracker.handle(msg, t)]
+
+    [transferred] = [u for u in updates if u.change is Change.TRANSFERRED]
+    assert (transferred.leg.agent, transferred.leg.state) == ("1001", LegState.TRANSFERRED)
+    call = updates[-1].call
+    assert (call.outcome, call.agents) == (Outcome.ANSWERED, ["1001", "1004"])
+    assert call.transfers[0]["kind"] == "transfer"
+
+
+def test_caller_hanging_up_in_the_queue_is_abandoned_even_without_queue_caller_abandon(
+        traces_dir: Path) -> None:
+    tracker = demo_tracker()
+    trace = [(t, m) for t, m in trace_messages(traces_dir, "inbound_abandoned")
+             if m.name != "QueueCallerAbandon"]
+
+    updates = [u for t, msg in trace for u in tracker.handle(msg, t)]
+
+    call = updates[-1].call
+    assert (updates[-1].change, call.outcome) == (Change.ENDED, Outcome.ABANDONED)
+    assert call.wait_time == pytest.approx(4.009 - 0.513, abs=0.01)  # wall clock this time
+    assert call.legs[0].state is LegState.CANCELLED
+
+
+QUEUE_TIMEOUT = """
+Event: Newchannel
+Channel: PJSIP/trunk-00000001
+CallerIDNum: 5550000001
+Context: from-trunk
+Exten: 4000
+Uniqueid: 7.1
+Linkedid: 7.1
+
+Event: QueueCallerJoin
+Channel: PJSIP/trunk-00000001
+Uniqueid: 7.1
+Linkedid: 7.1
+Queue: overflow
+
+Event: QueueCallerLeave
+Channel: PJSIP/trunk-00000001
+Uniqueid: 7.1
+Linkedid: 7.1
+Queue: overflow
+
+Event: Hangup
+Channel: PJSIP/trunk-00000001
+Uniqueid: 7.1
+Linkedid: 7.1
+Cause: 16
+"""
+
+
+def test_leaving_the_queue_unanswered_then_hanging_up_is_no_agent() -> None:
+    tracker = demo_tracker()
+
+    updates = run(tracker, events(QUEUE_TIMEOUT), step=10.0)
+
+    call = updates[-1].call
+    assert (call.outcome, call.queue, call.hangup_cause) == (Outcome.NO_AGENT, "overflow", 16)
+    assert call.wait_time == 20.0
+
+
+def test_a_call_that_never_queued_or_rang_is_failed() -> None:
+    tracker = demo_tracker()
+    messages = [m for m in events(QUEUE_TIMEOUT) if not m.name.startswith("Queue")]
+
+    updates = run(tracker, messages)
+
+    assert updates[-1].call.outcome is Outcome.FAILED
+    assert updates[-1].call.wait_time is None
