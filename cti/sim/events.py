@@ -463,20 +463,45 @@ class CallScript:
             raise ValueError(f"scenario {self.scenario} runs no FastAGI script")
         return self._pairs(self.template.messages[self._agi_idx].parts[0], {})
 
+    def queued(self, at: float | None = None) -> list[Timed]:
+        """From the FastAGI step until the caller is in the queue (MusicOnHoldStart).
+
+        Optional: call it between the AGI exchange and :meth:`tail` to wait
+        for a free agent while the caller hears music on hold. ``at`` is as in
+        :meth:`tail`.
+        """
+        if at is not None:
+            self._now = max(self._now, at)
+        return self._render(self._queued_index(self.template))
+
     def switch(self, scenario: str) -> None:
         """Continue the call as another inbound scenario (same head, other tail).
 
         Used when the agents the queue has free cannot play the planned
-        scenario. Call it after :meth:`head`, before :meth:`tail`.
+        scenario. Call it after :meth:`head` or :meth:`queued`, before
+        :meth:`tail`; raises ValueError later than that.
         """
         tpl = template(scenario)
-        if self._pos > self._split:
-            raise ValueError(f"call already past its FastAGI step; cannot become {scenario}")
+        agi_idx = next((i for i, m in enumerate(tpl.messages) if m.name == "AGI"), None)
+        queued = self._queued_index(self.template)
+        if self._pos <= self._split:
+            at_queue = False
+        elif self._pos == queued:
+            at_queue = True
+        else:
+            raise ValueError(f"call already past its queue entry; cannot become {scenario}")
         self.scenario = scenario
         self.template = tpl
-        self._agi_idx = next((i for i, m in enumerate(tpl.messages) if m.name == "AGI"), None)
+        self._agi_idx = agi_idx
         self._split = self._find_split()
-        self._pos = self._split
+        self._pos = self._queued_index(tpl) if at_queue else self._split
+
+    def _queued_index(self, tpl: _Template) -> int:
+        """Index just after the first MusicOnHoldStart: the caller waits in the queue."""
+        for i, m in enumerate(tpl.messages):
+            if m.name == "MusicOnHoldStart":
+                return i + 1
+        return self._split
 
     def tail(self, at: float | None = None) -> list[Timed]:
         """The rest of the call; ``at`` = seconds since the call began (AGI time included)."""

@@ -60,9 +60,18 @@ log = get_logger(__name__)
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
 DEFAULT_MIX = {"inbound_answered": 0.55, "inbound_abandoned": 0.15, "ring_no_answer": 0.1,
                "blind_transfer": 0.1, "inbound_no_agi": 0.1}
-DEFAULT_CUSTOMERS = [("+15551230001", "Alice Smith"), ("+15551230002", "Bob Jones"),
-                     ("+15551230003", "Carol White"), ("+15551230020", "Grace Transfer"),
-                     ("+442071838750", "Oliver Brown"), ("+33142685300", "Élodie Martin")]
+# Callers as a PSTN delivers them (E.164): most are customers of the demo CRM
+# (cti/crm/demo.py), a few are strangers so the pop also shows "unknown caller".
+DEFAULT_CUSTOMERS = [
+    ("+15551230001", "Alice Smith"), ("+15551230002", "Bob Jones"),
+    ("+15551230010", "Judy Live"), ("+15551230020", "Grace Transfer"),
+    ("+15551231001", "Burst Caller 01"), ("+15551231006", "Burst Caller 06"),
+    ("+8613800138000", "Zhang Wei"), ("+861065529988", "Li Na"),
+    ("+12125550142", "Maria Garcia"), ("+13125550123", "Tom Becker"),
+    ("+16465550199", "Victor Stern"), ("+49301234567", "Jonas Weber"),
+    ("+14155550110", "Nora Quiet"), ("+15551230003", "Carol NoAGI"),
+    ("+442071838750", "Oliver Brown"), ("+33142685300", "Élodie Martin"),
+]
 # where a call goes when no FastAGI URL is configured: like the lab route script would
 _DEFAULT_QUEUE = {"inbound_answered": "vip", "inbound_abandoned": "general",
                   "ring_no_answer": "complaints", "blind_transfer": "vip"}
@@ -221,6 +230,7 @@ class PbxSimulator:
         self._login_time = int(self._started)
         self._idle = asyncio.Event()
         self._idle.set()
+        self._agent_freed = asyncio.Event()
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -330,7 +340,8 @@ class PbxSimulator:
                 queue = _DEFAULT_QUEUE.get(call.scenario, "general")
                 route = await self._canned_agi(script, queue)
             script.set_route(route)
-            scenario, slots = self._choose_agents(call.scenario, route.queue, forced)
+            await self._play(script.queued(at=self._elapsed(script)))
+            scenario, slots = await self._wait_for_agents(call, route.queue, forced)
             if scenario != script.scenario:
                 script.switch(scenario)
             script.set_agents(slots)
@@ -338,8 +349,7 @@ class PbxSimulator:
             call.agents = script.agents()
             for agent in call.agents:
                 self._busy[agent.id] = self._busy.get(agent.id, 0) + 1
-            elapsed = (time.time() - script.start) * self.speed
-            await self._play(script.tail(at=elapsed))
+            await self._play(script.tail(at=self._elapsed(script)))
             self.stats["calls_completed"] += 1
             self.scenario_counts[scenario] = self.scenario_counts.get(scenario, 0) + 1
             log.info("sim.call_ended", call_id=linkedid, scenario=scenario, queue=route.queue)
@@ -350,15 +360,42 @@ class PbxSimulator:
         finally:
             self._end_call(linkedid)
 
+    def _elapsed(self, script: CallScript) -> float:
+        """Simulated seconds since the call began (the real FastAGI time included)."""
+        return (time.time() - script.start) * self.speed
+
+    async def _wait_for_agents(self, call: _Call, queue: str,
+                               forced: Sequence[Sequence[Agent]] | None
+                               ) -> tuple[str, list[list[Agent]]]:
+        """Choose the agents; while nobody can answer, the caller waits on hold.
+
+        The caller gives up at its ``hold`` time: the call then becomes an
+        abandoned one.
+        """
+        while True:
+            scenario, slots = self._choose_agents(call.scenario, queue, forced)
+            if scenario == call.scenario or forced is not None:
+                return scenario, slots
+            patience = (call.script.params.hold - self._elapsed(call.script)) / self.speed
+            if patience <= 0:
+                return scenario, slots
+            freed = self._agent_freed
+            try:
+                await asyncio.wait_for(freed.wait(), patience)
+            except asyncio.TimeoutError:
+                return self._choose_agents(call.scenario, queue, forced)
+
     def _end_call(self, linkedid: str) -> None:
         call = self._calls.pop(linkedid, None)
-        if call:
+        if call and call.agents:
             for agent in call.agents:
                 left = self._busy.get(agent.id, 1) - 1
                 if left > 0:
                     self._busy[agent.id] = left
                 else:
                     self._busy.pop(agent.id, None)
+            freed, self._agent_freed = self._agent_freed, asyncio.Event()
+            freed.set()
         if not self._calls:
             self._idle.set()
 
