@@ -231,6 +231,10 @@ def privilege(event: str) -> str:
     return _document()["privilege"].get(event, "call,all")
 
 
+# a placeholder about agent slot k: "a0.id", "ch:a0.1", "=ringtime:a0", "=cdr_start:a0.2"
+_SLOT_KEY = re.compile(r"(?:^|:)a(\d+)(?:\.|$)")
+
+
 @lru_cache(maxsize=None)
 def template(name: str) -> _Template:
     """The compiled template of a scenario; raises KeyError naming known ones."""
@@ -276,9 +280,6 @@ def template(name: str) -> _Template:
     return _Template(name, messages, raw["recorded"], raw["slots"])
 
 
-_SLOT_KEY = re.compile(r"(?:^|:)a(\d+)(?:\.|$)")
-
-
 def _dialstatus(parts: list) -> str | None:
     for part in parts:
         if part[0] == "DialStatus":
@@ -321,11 +322,14 @@ class _Member:
 class CallScript:
     """One simulated call of a scenario, rendered step by step.
 
-    Call :meth:`head`, then (if :attr:`has_agi`) feed each FastAGI command to
-    :meth:`agi_command`, then call :meth:`tail` with the routing outcome and the
-    agents per slot. Each returns ``(delay_seconds, Message)`` pairs where the
-    delay is counted from the previous message. Raises KeyError for an unknown
-    scenario and ValueError for agents that do not fit the scenario's slots.
+    The order of calls: :meth:`head`; if :attr:`has_agi`, per FastAGI command
+    :meth:`agi_command` then :meth:`agi_result`; :meth:`set_route` with what
+    the script decided; optionally :meth:`queued` (the caller waits on hold)
+    and :meth:`switch` (another tail, e.g. abandoned when nobody is free);
+    :meth:`set_agents`; :meth:`tail`. The render methods return
+    ``(delay_seconds, Message)`` pairs, the delay counted from the previous
+    message. Raises KeyError for an unknown scenario and ValueError for agents
+    that do not fit the scenario's slots.
     """
 
     def __init__(self, scenario: str, params: CallParams | None = None, *, ids: Ids,
@@ -401,6 +405,7 @@ class CallScript:
         return self._role_leg("C2", {}).uniqueid
 
     def set_route(self, route: Route) -> None:
+        """What FastAGI decided: fills AGISTATUS, CTI_* and the queue of the tail."""
         self.route = route
         v = route.variables
         prio = v.get("CTI_PRIORITY", "")
@@ -510,6 +515,7 @@ class CallScript:
         return self._render(len(self.template.messages))
 
     def agents(self) -> list[Agent]:
+        """Every agent of the call (all slots), to mark them busy while it lasts."""
         return [m.agent for members in self._slots for m in members]
 
     # -- internals ---------------------------------------------------------------

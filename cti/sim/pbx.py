@@ -77,7 +77,8 @@ _DEFAULT_QUEUE = {"inbound_answered": "vip", "inbound_abandoned": "general",
                   "ring_no_answer": "complaints", "blind_transfer": "vip"}
 _AGI_CONNECT_TIMEOUT = 2.0
 _AGI_COMMAND_TIMEOUT = 30.0
-_MAX_BUFFER = 4 << 20   # a client this far behind gets cut off, like Asterisk's writetimeout
+WRITE_TIMEOUT = 5.0     # seconds a client may stop reading (manager.conf writetimeout)
+_HIGH_WATER = 1 << 20   # bytes queued for a client before the simulator waits for it
 _BATCH = 0.002          # messages closer than this (real seconds) go out in one write
 
 _LIST_COMMANDS = [
@@ -542,16 +543,25 @@ class PbxSimulator:
         self.stats["events_sent"] += len(messages)
         targets = [s for s in self._sessions if s.user and s.events and not s.closed]
         for session in targets:
-            transport = session.writer.transport
-            if transport.get_write_buffer_size() > _MAX_BUFFER:
-                log.warning("sim.client_too_slow", session=session.id)
-                session.close()
-                continue
             session.writer.write(data)
-        for session in targets:
-            if not session.closed:
-                with contextlib.suppress(ConnectionError, OSError):
-                    await session.writer.drain()
+        # a slow reader slows the whole simulation down (nothing is dropped), but one
+        # that stops reading is cut off after WRITE_TIMEOUT, like Asterisk's writetimeout
+        stalled = [s for s in targets
+                   if s.writer.transport.get_write_buffer_size() > _HIGH_WATER]
+        if stalled:
+            results = await asyncio.gather(*(self._drain(s) for s in stalled))
+            for session, ok in zip(stalled, results):
+                if not ok and not session.closed:
+                    log.warning("sim.client_too_slow", session=session.id)
+                    session.close()
+
+    @staticmethod
+    async def _drain(session: _Session) -> bool:
+        try:
+            await asyncio.wait_for(session.writer.drain(), WRITE_TIMEOUT)
+            return True
+        except (asyncio.TimeoutError, ConnectionError, OSError):
+            return False
 
     # -- AMI sessions -------------------------------------------------------------------
 
@@ -619,12 +629,17 @@ class PbxSimulator:
 
     def _security_event(self, session: _Session, name: str, severity: str,
                         *extra: tuple[str, str]) -> Message:
-        now = _tv()
-        return _event(name, ("Privilege", "security,all"), ("EventTV", now),
-                      ("Severity", severity), ("Service", "AMI"), ("EventVersion", "1"),
-                      ("AccountID", session.user or self.username), ("SessionID", session.id),
-                      ("LocalAddress", session.local), ("RemoteAddress", session.remote),
-                      *extra, ("SessionTV", _tv(session.started)))
+        """A security event; AccountID sits where Asterisk 22 puts it for that event."""
+        account = ("AccountID", session.user or self.username)
+        head = [("Privilege", "security,all"), ("EventTV", _tv()), ("Severity", severity),
+                ("Service", "AMI"), ("EventVersion", "1")]
+        where = [("SessionID", session.id), ("LocalAddress", session.local),
+                 ("RemoteAddress", session.remote)]
+        if name == "SuccessfulAuth":
+            pairs = head + [account] + where + list(extra) + [("SessionTV", _tv(session.started))]
+        else:
+            pairs = head + where + list(extra) + [("SessionTV", _tv(session.started)), account]
+        return _event(name, *pairs)
 
     async def _login(self, session: _Session, msg: Message, action_id: str | None) -> None:
         user = msg.get("Username", "")
@@ -989,8 +1004,9 @@ class PbxSimulator:
         context, exten = msg.get("Context") or "", msg.get("Exten") or ""
         orig = Originate(action_id or "", context, exten, msg.get("ChannelId"),
                          msg.get("OtherChannelId"))
-        variables = dict(v.partition("=")[::2] for v in msg.get_all("Variable"))
-        variables = {k.lstrip("_"): v for k, v in variables.items()}
+        # one Variable header per variable, or several joined by commas
+        pairs = [p for v in msg.get_all("Variable") for p in v.split(",") if "=" in p]
+        variables = {k.strip().lstrip("_"): v for k, _, v in (p.partition("=") for p in pairs)}
         cid_num, cid_name = parse_callerid(msg.get("CallerID"))
         m = re.fullmatch(r"Local/([^@]+)@([^/]+)(?:/n)?", channel)
         log.info("sim.originate", action_id=action_id, channel=channel, context=context)
