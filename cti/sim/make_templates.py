@@ -2,7 +2,8 @@
 
 Run it from the repository root when the traces change::
 
-    python -m cti.sim.make_templates [--traces ../shared/traces] [--out cti/sim/templates/lab22.json]
+    python -m cti.sim.make_templates [--traces ../shared/traces] \
+        [--out cti/sim/templates/lab22.json]
 
 The output is committed: the simulator must work without ``shared/``.
 
@@ -29,6 +30,7 @@ Nothing here is imported by the simulator at run time.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import re
 import sys
@@ -166,7 +168,6 @@ def select(spec: Spec, events: list[dict]) -> list[dict]:
 
 
 def _near(times: list[float], t: float) -> Iterable[float]:
-    import bisect
     i = bisect.bisect_left(times, t)
     return times[max(0, i - 1):i + 1]
 
