@@ -164,7 +164,7 @@ def _header(first: tuple[int, int, list[str]] | None, path: Path,
                              f"{','.join(COLUMNS)}")
     line, _, values = first
     names = [v.strip().lstrip("\ufeff").lower() for v in values]
-    shown = ", ".join(repr(n) for n in names[:10])
+    shown = ", ".join(repr(v.strip()) for v in values[:10])
     if any(_not_utf8(n) for n in names):
         raise ImportRowError(f"{path.name} line {line}: the header is not UTF-8 text "
                              f"(found {shown})")
