@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,28 @@ async def test_late_answer_fills_the_cache_after_every_caller_gave_up() -> None:
         await asyncio.sleep(0.001)
     assert crm.peek(KNOWN).customer.customer_id == "CUST-1001"
     assert inner.calls == [KNOWN]
+
+
+async def test_late_failure_after_every_caller_gave_up_counts_and_is_retrieved() -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    inner, clock = FakeCrm(), Clock()
+    inner.gate, inner.error = asyncio.Event(), CrmError("HTTP 500")
+    crm = cached(inner, clock, breaker_failures=1)
+
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(crm.lookup(KNOWN), timeout=0.01)
+    inner.gate.set()
+    for _ in range(100):
+        if crm.breaker_state is BreakerState.OPEN:
+            break
+        await asyncio.sleep(0.001)
+    gc.collect()
+    loop.set_exception_handler(None)
+
+    assert crm.breaker_state is BreakerState.OPEN
+    assert reported == []
 
 
 async def test_errors_are_not_cached_and_plain_exceptions_become_crm_errors() -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from typing import Any
 
 from cti.crm.base import Crm, LookupResult
 from cti.errors import CrmError, CrmTimeout, CrmUnavailable
-from cti.log import get_logger
+from cti.log import get_logger, mask_text
 
 log = get_logger(__name__)
 
@@ -97,7 +98,7 @@ class CachedCrm:
         if task is None:
             self._admit(number)
             task = asyncio.create_task(self._fetch(number), name=f"crm-lookup:{number}")
-            task.add_done_callback(self._forget)
+            task.add_done_callback(functools.partial(self._forget, number))
             self._inflight[number] = task
         return await asyncio.shield(task)
 
@@ -164,7 +165,7 @@ class CachedCrm:
                 self._state = BreakerState.OPEN
             raise
         except Exception as exc:
-            self._failed(repr(exc))
+            self._failed(mask_text(repr(exc)))
             if isinstance(exc, CrmError):
                 raise
             raise CrmError(f"CRM lookup failed: {exc!r}") from exc
@@ -181,10 +182,9 @@ class CachedCrm:
         except TimeoutError:
             raise CrmTimeout(f"CRM lookup got no answer within {self.lookup_timeout} s") from None
 
-    def _forget(self, task: asyncio.Task[LookupResult]) -> None:
-        for number, t in list(self._inflight.items()):
-            if t is task:
-                del self._inflight[number]
+    def _forget(self, number: str, task: asyncio.Task[LookupResult]) -> None:
+        if self._inflight.get(number) is task:
+            del self._inflight[number]
         # Nobody may be awaiting any more (every caller timed out): retrieve the
         # exception so asyncio does not report it as never retrieved.
         if not task.cancelled():
