@@ -218,6 +218,7 @@ class SqliteCrm:
                 raise CrmUnavailable(f"CRM database {self.path!r} is closed")
             if self._conn is not None:
                 return
+            conn = None
             try:
                 if self.path != ":memory:":
                     Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -232,6 +233,8 @@ class SqliteCrm:
                 conn.executescript(_SCHEMA)
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             except (sqlite3.Error, OSError) as exc:
+                if conn is not None:
+                    conn.close()
                 raise CrmUnavailable(f"cannot open CRM database {self.path!r}: {exc}") from exc
             self._conn = conn
             log.debug("crm database open", db=self.path, region=self.region)
