@@ -41,6 +41,11 @@ class Agent:
                 "member_names": list(self.member_names)}
 
 
+def _from_settings(agent: _AgentSettingsLike) -> Agent:
+    return Agent(id=agent.id, name=agent.name, interfaces=tuple(agent.interfaces),
+                 member_names=tuple(agent.member_names))
+
+
 def interface_key(interface: str) -> str:
     """``Local/1001@agents/n`` -> ``local/1001@agents``; ``PJSIP/1001`` -> ``pjsip/1001``."""
     key = interface.strip().lower()
@@ -83,11 +88,12 @@ class AgentDirectory:
     otherwise go to whichever was listed last.
     """
 
-    def __init__(self, entries: Iterable[Agent]) -> None:
+    def __init__(self, entries: Iterable[Agent | _AgentSettingsLike]) -> None:
         self._agents: dict[str, Agent] = {}
         self._by_interface: dict[str, tuple[str, str]] = {}  # key -> (agent id, interface)
         self._by_member: dict[str, str] = {}
-        for agent in entries:
+        for entry in entries:
+            agent = entry if isinstance(entry, Agent) else _from_settings(entry)
             self._agents[agent.id] = agent
             for interface in agent.interfaces:
                 self._claim(self._by_interface, interface_key(interface),
@@ -110,8 +116,7 @@ class AgentDirectory:
     @classmethod
     def from_settings(cls, agents: Iterable[_AgentSettingsLike]) -> AgentDirectory:
         """From ``Settings().agents`` (:class:`cti.config.AgentSettings`)."""
-        return cls(Agent(id=a.id, name=a.name, interfaces=tuple(a.interfaces),
-                         member_names=tuple(a.member_names)) for a in agents)
+        return cls(_from_settings(a) for a in agents)
 
     def resolve(self, interface: str | None = None, member_name: str | None = None,
                 channel: str | None = None) -> str | None:

@@ -28,6 +28,21 @@ Every handler is idempotent: a repeated event (DialEnd arrives twice) finds the
 leg or call already in the state it asks for and returns nothing. Events that
 lack the headers a handler needs are ignored. Everything that changes a call
 lives in this file; the event -> handler table is in ``CallTracker.__init__``.
+
+A call ends when the last of its channels hangs up. Its outcome, in order:
+ANSWERED if an agent leg connected; FAILED for an outbound call whose customer
+never answered; ABANDONED after QueueCallerAbandon or when the customer hung up
+while queued or while an agent's phone rang; NO_AGENT if it queued or rang but
+left unanswered (queue timeout, Dial NOANSWER); FAILED otherwise.
+
+Limits
+------
+* A Linkedid whose call ended is never reopened: channels that appear for it
+  later (we missed a Newchannel and saw all known channels hang up) are ignored.
+* A Redirect of a *connected* customer is seen as a transfer only when the
+  customer then joins a queue; otherwise the agent leg just completes.
+* An agent calling a customer straight from their phone (no Originate marked)
+  is an internal call and gets no pop.
 """
 
 from __future__ import annotations
