@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+import structlog
 
 from cti.log import get_logger, mask_number, mask_text, setup
 
@@ -32,3 +33,4 @@ def test_info_lines_mask_numbers_and_hide_secrets(capsys: pytest.CaptureFixture[
     assert "8613800138000" not in err and "8000" in err
     assert "ctisecret" not in err and "demo-1001" not in err
     logging.getLogger().handlers.clear()
+    structlog.reset_defaults()  # other tests capture logs with structlog.testing
