@@ -17,6 +17,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from cti.agi.server import AgiServer
 from cti.ami.client import AmiClient
@@ -133,7 +134,8 @@ class Daemon:
         http = f"http://{s.http.host}:{self.http.port}" if self.http else "-"
         pops = f"ws://{s.pops.host}:{self.pops.port}/"
         first = s.agents[0] if s.agents else None
-        console = (f"{http}/console?agent={first.id}&ws={pops}" if first else f"{http}/console")
+        console = (f"{http}/console?agent={first.id}&ws={quote(pops, safe='')}" if first
+                   else f"{http}/console")
         return Endpoints(ami=ami, agi=f"agi://{s.agi.host}:{self.agi.port}/route",
                          pops=pops, http=http, console=console)
 

@@ -20,7 +20,7 @@ import structlog
 NUMBER_KEYS = frozenset({"number", "caller", "caller_num", "callerid", "phone", "e164",
                          "dialed", "exten", "to", "from_number"})
 SECRET_KEYS = frozenset({"secret", "password", "token", "key", "authorization"})
-_DIGITS = re.compile(r"\+?\d[\d\-. ()]{5,}\d")
+_DIGITS = re.compile(r"\+?\d[\d\- ()]{5,}\d")  # no dots: IPs, versions, Uniqueids stay
 
 
 def mask_number(number: str | None) -> str:

@@ -34,3 +34,8 @@ def test_info_lines_mask_numbers_and_hide_secrets(capsys: pytest.CaptureFixture[
     assert "ctisecret" not in err and "demo-1001" not in err
     logging.getLogger().handlers.clear()
     structlog.reset_defaults()  # other tests capture logs with structlog.testing
+
+
+def test_addresses_and_versions_are_not_mistaken_for_numbers() -> None:
+    text = "server listening on 127.0.0.1:8765, Asterisk 22.10.1"
+    assert mask_text(text) == text
