@@ -132,7 +132,8 @@ class BadCrm(FakeCrm):
         if self.behaviour == "garbage":
             return {"id": 42}
         if self.behaviour == "garbage-matches":
-            return LookupResult(number=number, matches=["CUST-1"], status="found")  # type: ignore[list-item]
+            junk: list[Any] = ["CUST-1"]
+            return LookupResult(number=number, matches=junk, status="found")
         raise AssertionError(self.behaviour)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from dataclasses import replace
 from collections.abc import Awaitable, Callable, Mapping
 
 from cti.agi.protocol import (
@@ -159,10 +160,7 @@ class AgiSession:
                 assert isinstance(item, AgiReply)
                 if not item.final:
                     continue
-                if hangup_seen and not item.hangup:
-                    return AgiReply(item.code, item.result, item.data, True, item.extra,
-                                    item.text, item.usage)
-                return item
+                return replace(item, hangup=True) if hangup_seen else item
             try:
                 data = await self._reader.read(_READ_SIZE)
             except (ConnectionError, OSError) as exc:
