@@ -154,6 +154,7 @@ class Daemon:
             if task.get_name() != "record-writer":
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.routes.close()
         await self.crm.close()
         await self.store.close()
         log.info("daemon stopped")
