@@ -120,7 +120,7 @@ def write_config(path: Path, ami_port: int, pops_port: int, n_agents: int, state
 async def agent_client(url: str, agent_id: str, received: dict[str, float],
                        connected: asyncio.Semaphore) -> None:
     async with websockets.connect(url, max_size=None, compression=None) as ws:
-        await ws.send(orjson.dumps({"type": "auth", "agent": agent_id, "token": f"t{agent_id}"}))
+        await ws.send(orjson.dumps({"type": "auth", "agent": agent_id, "token": f"t{agent_id}"}).decode())
         connected.release()
         async for frame in ws:
             now = time.monotonic()

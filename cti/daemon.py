@@ -83,6 +83,7 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._records: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._stopping = False
+        self.resynced = asyncio.Event()   # set after each rebuild from CoreShowChannels
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -181,15 +182,17 @@ class Daemon:
         self.metrics.ami_connects.inc()
         self.metrics.ami_up.set(1)
         assert self.ami is not None
+        mark = self.tracker.resync_mark()
         try:
             _, items = await self.ami.send_list("CoreShowChannels")
         except CtiError as exc:
             log.warning("could not rebuild live calls after connect", error=str(exc))
             return
-        updates = self.tracker.rebuild(items, time.time())
+        updates = self.tracker.rebuild(items, time.time(), mark)
         log.info("live calls rebuilt from CoreShowChannels", channels=len(items),
                  calls=len(self.tracker.live_calls()))
         self._dispatch(updates)
+        self.resynced.set()
 
     def _on_ami_disconnected(self, reason: str) -> None:
         self.metrics.ami_up.set(0)

@@ -181,6 +181,8 @@ class CallTracker:
         self.min_digits = min_digits
         self._calls: dict[str, _Track] = {}
         self._owner: dict[str, _Track] = {}         # live Uniqueid -> its call
+        self._filed: dict[str, int] = {}            # live Uniqueid -> when filed (counter)
+        self._filings = 0
         self._bridges: dict[str, set[str]] = {}     # BridgeUniqueid -> Uniqueids in it
         self._bridge_of: dict[str, str] = {}
         self._gone: dict[str, None] = {}            # hung-up Uniqueids and ended call ids
@@ -255,11 +257,18 @@ class CallTracker:
         self._apply_route(track, route, out)
         return out
 
-    def rebuild(self, channels: list[Message], now: float) -> list[CallUpdate]:
+    def resync_mark(self) -> int:
+        """Call right before sending CoreShowChannels; pass the result to :meth:`rebuild`."""
+        return self._filings
+
+    def rebuild(self, channels: list[Message], now: float,
+                mark: int | None = None) -> list[CallUpdate]:
         """Re-sync the live table with a CoreShowChannels snapshot after an AMI (re)connect.
 
         * A known channel missing from the snapshot hung up while we were away:
-          it is dropped as if its Hangup had arrived, so a call none of whose
+          it is dropped as if its Hangup had arrived. Only channels filed before
+          ``mark`` (see :meth:`resync_mark`) can be dropped: one whose Newchannel
+          raced the snapshot is newer than it, not gone. A call none of whose
           channels remain ends (outcome from what was seen: answered if an
           agent connected, abandoned if it was queued or ringing, else failed).
         * Known calls keep their state; channels new to them are added.
@@ -273,8 +282,11 @@ class CallTracker:
         items = [m for m in channels if _value(m, "Uniqueid") and _value(m, "Channel")]
         present = {m["Uniqueid"] for m in items}
 
+        filed = self._filed
+        limit = self._filings if mark is None else mark
         for track in list(self._calls.values()):
-            for uid in [u for u in track.live if u not in present]:
+            for uid in [u for u in track.live
+                        if u not in present and filed.get(u, 0) <= limit]:
                 self._drop_channel(track, uid, None, now, out)
 
         by_call: dict[str, list[Message]] = {}
@@ -361,6 +373,8 @@ class CallTracker:
         base = channel_base(name)
         track.live[uid] = name
         self._owner[uid] = track
+        self._filings += 1
+        self._filed[uid] = self._filings
         if track.root_agent is None and (uid == track.call.call_id or base == track.customer_base):
             self._add_customer(track, uid, name, msg)
         else:
@@ -422,6 +436,7 @@ class CallTracker:
                       out: list[CallUpdate]) -> None:
         """A channel of the call is gone (Hangup, or missing after a reconnect)."""
         self._owner.pop(uid, None)
+        self._filed.pop(uid, None)
         track.live.pop(uid, None)
         self._gone[uid] = None
         _trim(self._gone, _GONE_MAX)
@@ -493,6 +508,7 @@ class CallTracker:
         _trim(self._gone, _GONE_MAX)
         for uid in list(track.live):
             self._owner.pop(uid, None)
+            self._filed.pop(uid, None)
         if track.visible:
             out.append(CallUpdate(Change.ENDED, call))
             log.debug("call ended", call_id=call.call_id, outcome=call.outcome.value,

@@ -127,9 +127,28 @@ def _trace_customers(crm: SqliteCrm, now: datetime) -> int:
         (40, "visit", "inbound", "Shop visit: added two Mobile Unlimited lines", None, None, 5),
     ])
 
+    # inbound_no_agi: never passed FastAGI, so her pop comes from the lookup on first sight
+    crm.upsert_customer("CUST-1003", "Carol NoAGI", segment="silver",
+                        phones=[("phone", "+1 (555) 123-0003")], email="carol@example.com",
+                        timezone="America/New_York", language="en", tags=["churn_risk"],
+                        products=[MOBILE, TV])
+    _history(crm, "CUST-1003", now, [
+        (6, "call", "inbound", "Wants to cancel TV Plus: price went up", "escalated", "1002", 2),
+        (50, "email", "inbound", "Asked for a retention offer", None, None, None),
+    ])
+    _ticket(crm, "CUST-1003", now, "T-1003-1", "TV Plus price increase", "open", 6, TV)
+
+    # callback_answered: customers the callback campaign dials (low satisfaction scores)
+    for cid, name, number, days in (("CUST-1004", "Dan Callback", "+15551230004", 2),
+                                    ("CUST-1014", "Erin Callback", "+15551230014", 5)):
+        crm.upsert_customer(cid, name, segment="standard", phones=[("mobile", number)],
+                            timezone="America/New_York", language="en", products=[FIBRE])
+        _history(crm, cid, now, [(days, "call", "inbound", "Fibre outage, slow fix",
+                                  "unresolved", "1003", 1)])
+
     for i in range(20):
         _burst_caller(crm, now, i)
-    return 4 + 20
+    return 7 + 20
 
 
 def _burst_caller(crm: SqliteCrm, now: datetime, i: int) -> None:

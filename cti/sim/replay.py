@@ -24,6 +24,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,13 +137,18 @@ class TraceReplayer:
     """
 
     def __init__(self, raw_path: str | Path, host: str = "127.0.0.1", port: int = 0,
-                 speed: float = 1.0) -> None:
+                 speed: float = 1.0,
+                 before_block: Callable[[bytes], Awaitable[None]] | None = None) -> None:
+        """``before_block`` is awaited before each recorded message is sent, after the
+        earlier ones reached the socket: a test uses it to play the FastAGI session
+        at the moment Asterisk ran ``AGI()`` (the dialplan waits for it there too)."""
         if speed < 0:
             raise ValueError(f"replay speed must be >= 0, got {speed!r}")
         self.path = Path(raw_path)
         self.recording = Recording.load(self.path)
         self.host = host
         self.speed = speed
+        self.before_block = before_block
         self._port = port
         self._server: asyncio.AbstractServer | None = None
         self._done = asyncio.Event()
@@ -248,8 +254,12 @@ class TraceReplayer:
         if not client.logged_in.is_set():
             client.write(_reply("Error", aid, ("Message", "Permission denied")))
             return
-        # an action the recording also made: its recorded reply becomes this one's
+        # an action the recording also made: its recorded reply becomes this one's.
+        # Not CoreShowChannels: a client sends it on connect to rebuild its calls, and
+        # must not wait for the recording to reach the point where it was sent.
         for i, (n, raid) in enumerate(rec.actions):
+            if key == "coreshowchannels":
+                break
             if i in client.used or n.lower() != key or not raid:
                 continue
             client.used.add(i)
@@ -297,6 +307,9 @@ class TraceReplayer:
                 wait = started + (rec.times[i] - base_t) / self.speed - loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
+            if self.before_block is not None:
+                await client.writer.drain()
+                await self.before_block(rec.blocks[i])
             client.write(client.render(i))
             client.sent_upto = max(client.sent_upto, i)
             if client.writer.transport.get_write_buffer_size() > 1 << 20:
