@@ -30,6 +30,7 @@ from cti.ami.protocol import Parser  # noqa: E402
 from cti.calls.agents import AgentDirectory  # noqa: E402
 from cti.calls.tracker import CallTracker  # noqa: E402
 from cti.config import Settings  # noqa: E402
+from cti.log import setup as setup_logging  # noqa: E402
 
 CHUNK = 65536
 
@@ -124,6 +125,7 @@ def main() -> int:
     ap.add_argument("--trace", type=Path,
                     default=REPO.parent / "shared" / "traces" / "burst.ami.raw")
     args = ap.parse_args()
+    setup_logging("WARNING")
     if not args.trace.is_file():
         print(f"trace {args.trace} not found (pass --trace)", file=sys.stderr)
         return 2

@@ -40,6 +40,7 @@ MAX_MESSAGE = 1 << 20  # 1 MiB: a CoreShowChannels item is ~1 KB, a VarSet can b
 
 # One line end followed by an empty line: \r\n\r\n, \r\n\n, \n\r\n or \n\n.
 _TERMINATOR = re.compile(rb"\r?\n\r?\n")
+_TEXT_TERMINATOR = re.compile(r"\r?\n\r?\n")
 _END_COMMAND = b"--END COMMAND--"
 _FOLLOWS = b"response: follows"
 
@@ -108,15 +109,18 @@ class Message:
     def pairs(self) -> list[tuple[str, str]]:
         """All headers in wire order, repeats included, original spelling."""
         if self._pairs is None:
-            self._pairs = _split_headers(self._text or "")
+            self._pairs, self._first = _split_headers(self._text or "")
         return self._pairs
 
     def _index(self) -> dict[str, str]:
         if self._first is None:
-            first: dict[str, str] = {}
-            for key, value in self.pairs:
-                first.setdefault(key.lower(), value)
-            self._first = first
+            if self._pairs is None:
+                self._pairs, self._first = _split_headers(self._text or "")
+            else:
+                first: dict[str, str] = {}
+                for key, value in self._pairs:
+                    first.setdefault(key.lower(), value)
+                self._first = first
         return self._first
 
     def get(self, key: str, default: str | None = None) -> str | None:
@@ -156,23 +160,31 @@ class Message:
         return f"<Message {self.kind.name} {self.name!r} {self.pairs!r}>"
 
 
-def _split_headers(text: str) -> list[tuple[str, str]]:
+def _split_headers(text: str) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """Headers in order, and the first value of each lower-cased key."""
     pairs: list[tuple[str, str]] = []
+    first: dict[str, str] = {}
     append = pairs.append
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
     for line in text.split("\n"):
-        if line.endswith("\r"):
-            line = line[:-1]
         if not line:
             continue
-        colon = line.find(":")
-        if colon <= 0:
-            append(("", line))  # e.g. "--END SMS EVENT--": kept, not fatal
-            continue
-        value = line[colon + 1:]
-        if value.startswith(" "):
-            value = value[1:]
-        append((line[:colon], value))
-    return pairs
+        key, sep, value = line.partition(": ")
+        if not sep or ":" in key:  # "Key:value", "Key:" or no colon at all
+            colon = line.find(":")
+            if colon <= 0:
+                append(("", line.rstrip("\r")))  # e.g. "--END SMS EVENT--": kept, not fatal
+                continue
+            key, value = line[:colon], line[colon + 1:]
+            if value.startswith(" "):
+                value = value[1:]
+        value = value[:-1] if value.endswith("\r") else value
+        append((key, value))
+        low = key.lower()
+        if low not in first:
+            first[low] = value
+    return pairs, first
 
 
 def _follows_message(block: bytes) -> Message:
@@ -259,6 +271,9 @@ class Parser:
         out: list[Message] = []
         if self._discarding and not self._skip_oversized():
             return out
+        fast = self._feed_fast(out)
+        if fast is not None:
+            return fast
         pos = 0
         end = len(buf)
         scanned = self._scanned
@@ -291,6 +306,41 @@ class Parser:
         # a terminator (at most 4 bytes) may straddle this read and the next
         self._scanned = max(0, len(buf) - 3)
         if len(buf) > self._max:
+            self._drop(len(buf))
+            del buf[:-3]
+            self._scanned = 0
+            self._discarding = True
+        return out
+
+    def _feed_fast(self, out: list[Message]) -> list[Message] | None:
+        """The common case in C-speed steps: cut at the last terminator, decode that
+        region once, split it on CRLF CRLF. None means "use the careful loop" (a legacy
+        Follows block is in the region, whose body may hold blank lines)."""
+        buf = self._buf
+        start = max(0, self._scanned - 3)
+        last = max(buf.rfind(b"\n\r\n", start), buf.rfind(b"\n\n", start))
+        if last < 0:
+            return None  # no complete message: the careful loop handles size limits
+        end = last + (3 if buf[last + 1] == 13 else 2)
+        if buf.find(b"Follows", 0, end) >= 0:
+            return None
+        text = buf[:end].decode("utf-8", "replace")
+        del buf[:end]
+        limit = self._max
+        for block in text.split("\r\n\r\n"):
+            parts = _TEXT_TERMINATOR.split(block) if ("\n\n" in block or "\n\r\n" in block) \
+                else (block,)
+            for part in parts:
+                if part[:1] in ("\r", "\n"):
+                    part = part.lstrip("\r\n")
+                if not part:
+                    continue
+                if len(part) > limit:
+                    self._drop(len(part))
+                    continue
+                out.append(Message.from_text(part))
+        self._scanned = max(0, len(buf) - 3)
+        if len(buf) > limit:
             self._drop(len(buf))
             del buf[:-3]
             self._scanned = 0
