@@ -183,6 +183,10 @@ async def main_async(args: argparse.Namespace) -> int:
         finally:
             proc.terminate()
             proc.wait(10)
+            for w in ami.writers:
+                w.close()
+            ami.server.close()
+            await asyncio.sleep(0.1)
 
     lat = sorted((received[c] - t) * 1000 for c, t in written.items() if c in received)
     missing = len(written) - len(lat)
