@@ -266,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    cti_log.setup("WARNING")  # one-shot commands print results, not log lines
     try:
         return int(args.func(args) or 0)
     except CtiError as exc:
