@@ -210,7 +210,7 @@ class Daemon:
                 self._want_profile(update.call)
             elif change is Change.ENDED:
                 self._records.put_nowait(update.call.as_dict())
-                self.book.forget(update.call.call_id)
+                self.pops.publish(self.book.forget(update.call.call_id))
                 outcome = update.call.outcome.value if update.call.outcome else "unknown"
                 self.metrics.calls_ended.labels(outcome).inc()
         self.metrics.calls_live.set(len(self.tracker.live_calls()))

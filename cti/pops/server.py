@@ -2,7 +2,7 @@
 
 The daemon calls :meth:`PopServer.publish` with the pairs :class:`~cti.pops.book.PopBook`
 returns; each message goes to every socket of its agent and to no one else.
-Wire format and close codes: ``docs/pops.md``.
+Wire format and close codes: ``README.md, "Screen pop messages"``.
 
 Each connection has a bounded send queue drained by its own task, so a socket
 that stops reading only ever hurts itself: when its queue is full (or one send is
@@ -43,7 +43,7 @@ CONSOLE_FILE = Path(__file__).with_name("static") / "console.html"
 
 
 class CloseCode(enum.IntEnum):
-    """Close codes this server uses (see docs/pops.md for what a client should do)."""
+    """Close codes this server uses (see README.md, "Screen pop messages" for what a client should do)."""
 
     GOING_AWAY = 1001         # server stopping: reconnect with backoff
     POLICY_VIOLATION = 1008   # auth failed / auth timeout / too many invalid frames: don't retry
