@@ -46,7 +46,11 @@ async def _serve(settings: Settings, with_simulator: bool) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    eps = await daemon.start()
+    try:
+        eps = await daemon.start()
+    except BaseException:
+        await daemon.stop()
+        raise
     first = settings.agents[0] if settings.agents else None
     token = first.token.get_secret_value() if first else ""
     console = eps.console + (f"&token={token}" if with_simulator and token else "")
@@ -227,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = with_config(sub.add_parser("demo", help="run the daemon on the PBX simulator"))
     d.add_argument("--rate", type=float, default=0.2, help="simulated calls per second")
     d.add_argument("--speed", type=float, default=1.0, help="simulator time compression")
-    d.add_argument("--ami-port", type=int, default=5038, help="simulator AMI port (0 = any)")
+    d.add_argument("--ami-port", type=int, default=0,
+                   help="simulator AMI port (default: any free port; it is printed)")
     d.add_argument("--state-dir", default="var/demo", help="where the demo keeps its SQLite files")
     d.set_defaults(func=cmd_demo)
 

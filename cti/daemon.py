@@ -89,6 +89,10 @@ class Daemon:
 
     async def start(self) -> Endpoints:
         s = self.settings
+        demo_tokens = [a.id for a in s.agents if a.token.get_secret_value().startswith("demo-")]
+        if demo_tokens and s.pops.host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning("agents still use the demo pop tokens on a non-loopback address; "
+                        "set [[agents]] token", agents=demo_tokens, host=s.pops.host)
         await self.store.open()
         await self.crm_backend.open()
         if s.crm.seed_demo and await self.crm_backend.is_empty():
@@ -96,8 +100,10 @@ class Daemon:
 
             await seed_demo(self.crm_backend)
             log.info("seeded the embedded CRM with demo customers", path=str(s.crm.path))
-        await self.pops.start()
-        await self.agi.start()
+        await _listen("screen pops", "pops.port / CTI_POPS_PORT", s.pops.host, s.pops.port,
+                      self.pops.start())
+        await _listen("FastAGI", "agi.port / CTI_AGI_PORT", s.agi.host, s.agi.port,
+                      self.agi.start())
 
         ami_settings = s.ami
         if self._with_simulator:
@@ -108,7 +114,8 @@ class Daemon:
                 secret=s.ami.secret.get_secret_value(),
                 agi_url=f"agi://{s.agi.host}:{self.agi.port}/route",
                 rate=s.sim.rate, speed=s.sim.speed, seed=s.sim.seed)
-            await self.simulator.start()
+            await _listen("the PBX simulator's AMI", "--ami-port / CTI_SIM_PORT", s.sim.host,
+                          s.sim.port, self.simulator.start())
             ami_settings = s.ami.model_copy(update={"host": s.sim.host,
                                                    "port": self.simulator.ami_port,
                                                    "backup": None})
@@ -119,7 +126,8 @@ class Daemon:
 
         from cti.api import start_http
 
-        self.http = await start_http(self, s.http.host, s.http.port)
+        self.http = await _listen("the admin API", "http.port / CTI_HTTP_PORT", s.http.host,
+                                  s.http.port, start_http(self, s.http.host, s.http.port))
         self._spawn(self._record_writer(), "record-writer")
         self._spawn(self._outbox_worker(), "outbox")
         if self.simulator is not None:
@@ -141,15 +149,16 @@ class Daemon:
                          pops=pops, http=http, console=console)
 
     async def stop(self) -> None:
+        """Stop every part that started (also after a failed :meth:`start`)."""
         self._stopping = True
-        if self.simulator is not None:
-            await self.simulator.stop()
-        if self.ami is not None:
-            await self.ami.stop()
-        await self.agi.stop()
-        await self.pops.stop()
-        if self.http is not None:
-            await self.http.stop()
+        parts = [self.simulator, self.ami, self.agi, self.pops, self.http]
+        for part in parts:
+            if part is None:
+                continue
+            try:
+                await part.stop()
+            except Exception:  # keep stopping the others; say which one failed
+                log.exception("error while stopping a part", part=type(part).__name__)
         await self._records.put(None)   # let the writer drain what was accepted
         for task in list(self._tasks):
             if task.get_name() != "record-writer":
@@ -295,6 +304,15 @@ class Daemon:
             "agents_connected": sorted(self.pops.connected_agents()),
             "endpoints": self.endpoints().__dict__,
         }
+
+
+async def _listen(what: str, setting: str, host: str, port: int, starting: Any) -> Any:
+    """Await a server start; a port in use becomes a CtiError naming the setting."""
+    try:
+        return await starting
+    except OSError as exc:
+        raise CtiError(f"cannot listen for {what} on {host}:{port}: "
+                       f"{exc.strerror or exc}; choose another port ({setting})") from None
 
 
 def _plain(obj: Any) -> Any:
