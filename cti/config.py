@@ -10,7 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,7 +29,14 @@ from pydantic_settings import (
 from cti.errors import ConfigError
 
 
-class Endpoint(BaseModel):
+class _Section(BaseModel):
+    """A settings section: an unknown key is a typo to report, not to ignore
+    (``[ami] secrt = ...`` would otherwise log in with the default secret)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Endpoint(_Section):
     host: str
     port: int = Field(ge=1, le=65535)
 
@@ -38,7 +53,7 @@ class Endpoint(BaseModel):
         return f"{self.host}:{self.port}"
 
 
-class AmiSettings(BaseModel):
+class AmiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(5038, ge=1, le=65535)
     backup: str | None = None            # "host:port" of a second Asterisk / proxy
@@ -70,7 +85,7 @@ class AmiSettings(BaseModel):
         return v or None
 
 
-class AgiSettings(BaseModel):
+class AgiSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(4573, ge=0, le=65535)
     header_timeout: float = Field(2.0, gt=0)        # env block must arrive within this
@@ -78,7 +93,7 @@ class AgiSettings(BaseModel):
     max_sessions: int = Field(500, ge=1)
 
 
-class RouteRule(BaseModel):
+class RouteRule(_Section):
     """A rule matches when the customer has any listed segment, tag or flag."""
 
     name: str
@@ -104,7 +119,7 @@ def _default_rules() -> list[RouteRule]:
     ]
 
 
-class RoutingSettings(BaseModel):
+class RoutingSettings(_Section):
     # Not "general": that name is queues.conf's settings section, so a static
     # queue cannot have it (the recording lab had to use realtime for it).
     default_queue: str = "general"          # unknown caller, CRM slow or down
@@ -114,7 +129,7 @@ class RoutingSettings(BaseModel):
     rules: list[RouteRule] = Field(default_factory=_default_rules)
 
 
-class AgentSettings(BaseModel):
+class AgentSettings(_Section):
     """One agent: how Asterisk names their phone(s), and their pop token."""
 
     id: str
@@ -133,7 +148,7 @@ def _demo_agents() -> list[AgentSettings]:
                           token=SecretStr(f"demo-{i}")) for i, n, m in rows]
 
 
-class PopSettings(BaseModel):
+class PopSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8765, ge=0, le=65535)
     heartbeat_interval: float = Field(20.0, gt=0)
@@ -145,7 +160,7 @@ class PopSettings(BaseModel):
     articles_per_pop: int = Field(5, ge=0)
 
 
-class CrmSettings(BaseModel):
+class CrmSettings(_Section):
     backend: Literal["sqlite"] = "sqlite"
     path: Path = Path("var/crm.sqlite3")
     default_region: str = "US"                   # ISO 3166 code for national numbers
@@ -168,16 +183,16 @@ class CrmSettings(BaseModel):
         return v
 
 
-class StoreSettings(BaseModel):
+class StoreSettings(_Section):
     path: Path = Path("var/cti.sqlite3")
 
 
-class HttpSettings(BaseModel):
+class HttpSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
 
 
-class SimSettings(BaseModel):
+class SimSettings(_Section):
     """The PBX simulator the demo runs instead of a real Asterisk."""
 
     enabled: bool = False
@@ -188,12 +203,12 @@ class SimSettings(BaseModel):
     seed: int | None = None
 
 
-class CallSettings(BaseModel):
+class CallSettings(_Section):
     outbound_contexts: list[str] = ["callbacks"]   # root channel in these = outbound
     keep_ended: float = Field(60.0, ge=0)          # seconds a finished call stays queryable live
 
 
-class LogSettings(BaseModel):
+class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     json_logs: bool = False
 
@@ -226,6 +241,15 @@ class Settings(BaseSettings):
         return self
 
 
+_SECRET_FIELDS = ("secret", "token", "password", "api_key", "apikey")
+
+
+def _is_secret(loc: tuple[object, ...]) -> bool:
+    """Whether a validation error's location names a secret (its value is not echoed)."""
+    return any(isinstance(p, str) and any(s in p.lower() for s in _SECRET_FIELDS)
+               for p in loc)
+
+
 def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     """Read settings from ``path`` (TOML) and the environment.
 
@@ -255,8 +279,10 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
-            + (f" (got {err['input']!r})" if err["type"] != "missing" and not isinstance(
-                err.get("input"), (dict, list)) and "secret" not in str(err["loc"]) else "")
+            # a misspelt key may hold a secret ("secrt"): its value is never shown
+            + (f" (got {err['input']!r})" if err["type"] not in ("missing", "extra_forbidden")
+               and not isinstance(
+                err.get("input"), (dict, list)) and not _is_secret(err["loc"]) else "")
             for err in exc.errors()
         )
         raise ConfigError(f"invalid {where}: {problems}") from None

@@ -43,6 +43,16 @@ _TERMINATOR = re.compile(rb"\r?\n\r?\n")
 _TEXT_TERMINATOR = re.compile(r"\r?\n\r?\n")
 _END_COMMAND = b"--END COMMAND--"
 _FOLLOWS = b"response: follows"
+# An incomplete message may sit in the buffer with a partial terminator after it (up
+# to 3 bytes) and a stray CR before it: only beyond max_message + this is it too big,
+# so a message's fate at the cap does not depend on where the reads were cut.
+_SLACK = 4
+
+
+def _size(part: str) -> int:
+    """Wire size of a block the fast path cut, measured as the careful loop does
+    (bytes, not characters; a line end it left before the terminator not counted)."""
+    return len(part.encode("utf-8", "surrogateescape")) - part.endswith("\n")
 
 
 class Kind(enum.IntEnum):
@@ -305,7 +315,7 @@ class Parser:
             del buf[:pos]
         # a terminator (at most 4 bytes) may straddle this read and the next
         self._scanned = max(0, len(buf) - 3)
-        if len(buf) > self._max:
+        if len(buf) > self._max + _SLACK:
             self._drop(len(buf))
             del buf[:-3]
             self._scanned = 0
@@ -335,12 +345,12 @@ class Parser:
                     part = part.lstrip("\r\n")
                 if not part:
                     continue
-                if len(part) > limit:
-                    self._drop(len(part))
+                if len(part) > limit >> 2 and _size(part) > limit:
+                    self._drop(_size(part))
                     continue
                 out.append(Message.from_text(part))
         self._scanned = max(0, len(buf) - 3)
-        if len(buf) > limit:
+        if len(buf) > limit + _SLACK:
             self._drop(len(buf))
             del buf[:-3]
             self._scanned = 0

@@ -24,6 +24,7 @@ Pure module: no I/O. :func:`normalise` never raises on a bad number; it raises
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
@@ -109,11 +110,14 @@ def normalise(raw: str | None, region: str, min_digits: int = 3,
     if raw is None:
         return _none(raw, "empty")
 
-    word = raw.strip().strip("<>\"'").replace(" ", "").lower()
+    # NFKC folds full-width digits and brackets (typed with CJK input methods,
+    # "１３８００１３８０００") into ASCII; the result is still checked below.
+    text = unicodedata.normalize("NFKC", raw)
+    word = text.strip().strip("<>\"'").replace(" ", "").lower()
     if word in WITHHELD:
         return _none(raw, "withheld" if word else "empty")
 
-    compact = _SEPARATORS.sub("", raw.strip())
+    compact = _SEPARATORS.sub("", text.strip())
     if not _DIALABLE.fullmatch(compact):
         return _none(raw, "not a number")
 
