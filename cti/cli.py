@@ -74,14 +74,16 @@ Stop with Ctrl-C.
 
 def cmd_demo(args: argparse.Namespace) -> int:
     settings = _settings(args)
-    demo_dir = Path(args.state_dir)
-    settings = settings.model_copy(update={
+    update: dict[str, Any] = {
         "sim": settings.sim.model_copy(update={
             "enabled": True, "rate": args.rate, "speed": args.speed, "port": args.ami_port}),
-        "store": settings.store.model_copy(update={"path": demo_dir / "cti.sqlite3"}),
-        "crm": settings.crm.model_copy(update={"path": demo_dir / "crm.sqlite3",
-                                               "seed_demo": True}),
-    })
+        "crm": settings.crm.model_copy(update={"seed_demo": True}),
+    }
+    if args.state_dir:  # otherwise the default paths, so `cti calls` / `cti route` see it
+        demo_dir = Path(args.state_dir)
+        update["store"] = settings.store.model_copy(update={"path": demo_dir / "cti.sqlite3"})
+        update["crm"] = update["crm"].model_copy(update={"path": demo_dir / "crm.sqlite3"})
+    settings = settings.model_copy(update=update)
     cti_log.setup(settings.log.level, settings.log.json_logs)
     asyncio.run(_serve(settings, with_simulator=True))
     return 0
@@ -168,7 +170,11 @@ async def _explain(settings: Settings, number: str) -> str:
             from cti.crm.demo import seed_demo
 
             await seed_demo(crm)
-        return await RouteService(crm, settings).explain(number)
+        text = await RouteService(crm, settings).explain(number)
+        if await crm.is_empty():
+            text += (f"\nnote:       the CRM at {settings.crm.path} is empty: run `cti demo` "
+                     "once, or `cti crm import FILE.csv`")
+        return text
     finally:
         await crm.close()
 
@@ -181,7 +187,7 @@ def cmd_crm_import(args: argparse.Namespace) -> int:
     region = (args.region or settings.crm.default_region).upper()
     report = asyncio.run(_import(settings, Path(args.file), region, not args.no_progress))
     print(report.summary())
-    return 0 if report.imported or report.updated or not report.rejected else 1
+    return 1 if report.rejected else 0  # good rows are kept either way
 
 
 async def _import(settings: Settings, path: Path, region: str, progress: bool) -> Any:
@@ -211,7 +217,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    from cti.daemon import config_problems
+
     settings = _settings(args)
+    problems = config_problems(settings)
+    for problem in problems:
+        print(f"cti: error: {problem}", file=sys.stderr)
+    if problems:
+        return 2
     print(f"config OK: {len(settings.agents)} agents, {len(settings.routing.rules)} route rules, "
           f"AMI {', '.join(str(e) for e in settings.ami.endpoints)}")
     return 0
@@ -229,11 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     d = with_config(sub.add_parser("demo", help="run the daemon on the PBX simulator"))
-    d.add_argument("--rate", type=float, default=0.2, help="simulated calls per second")
+    d.add_argument("--rate", type=float, default=0.3, help="simulated calls per second")
     d.add_argument("--speed", type=float, default=1.0, help="simulator time compression")
     d.add_argument("--ami-port", type=int, default=0,
                    help="simulator AMI port (default: any free port; it is printed)")
-    d.add_argument("--state-dir", default="var/demo", help="where the demo keeps its SQLite files")
+    d.add_argument("--state-dir", default=None,
+                   help="where the demo keeps its SQLite files (default: store.path, crm.path)")
     d.set_defaults(func=cmd_demo)
 
     r = with_config(sub.add_parser("run", help="run the daemon against Asterisk"))

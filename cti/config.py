@@ -7,6 +7,7 @@ An invalid value raises :class:`~cti.errors.ConfigError` naming the setting.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -164,7 +165,7 @@ class CrmSettings(_Section):
     backend: Literal["sqlite"] = "sqlite"
     path: Path = Path("var/crm.sqlite3")
     default_region: str = "US"                   # ISO 3166 code for national numbers
-    seed_demo: bool = True                       # load demo customers into an empty DB
+    seed_demo: bool = False                      # `cti demo` turns it on: demo customers
     cache_ttl: float = Field(60.0, ge=0)
     negative_ttl: float = Field(20.0, ge=0)
     breaker_failures: int = Field(5, ge=1)
@@ -277,14 +278,21 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     try:
         return _FileSettings(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}"
-            # a misspelt key may hold a secret ("secrt"): its value is never shown
-            + (f" (got {err['input']!r})" if err["type"] not in ("missing", "extra_forbidden")
-               and not isinstance(
-                err.get("input"), (dict, list)) and not _is_secret(err["loc"]) else "")
-            for err in exc.errors()
-        )
+        problems = "; ".join(_describe(err) for err in exc.errors())
         raise ConfigError(f"invalid {where}: {problems}") from None
     except (OSError, ValueError) as exc:  # TOML syntax errors are ValueErrors
         raise ConfigError(f"cannot read {where}: {exc}") from None
+
+
+def _describe(err: Any) -> str:
+    """One validation error as "section.field: problem (got value) [set by CTI_X]"."""
+    loc = err["loc"]
+    text = f"{'.'.join(str(p) for p in loc) or '(top)'}: {err['msg']}"
+    # a misspelt key may hold a secret ("secrt"): its value is never shown
+    if (err["type"] not in ("missing", "extra_forbidden")
+            and not isinstance(err.get("input"), (dict, list)) and not _is_secret(loc)):
+        text += f" (got {err['input']!r})"
+    env = "CTI_" + "_".join(str(p) for p in loc[:2]).upper()
+    if len(loc) >= 1 and env in os.environ:
+        text += f" [set by environment variable {env}]"
+    return text

@@ -89,10 +89,9 @@ class Daemon:
 
     async def start(self) -> Endpoints:
         s = self.settings
-        demo_tokens = [a.id for a in s.agents if a.token.get_secret_value().startswith("demo-")]
-        if demo_tokens and s.pops.host not in ("127.0.0.1", "localhost", "::1"):
-            log.warning("agents still use the demo pop tokens on a non-loopback address; "
-                        "set [[agents]] token", agents=demo_tokens, host=s.pops.host)
+        problems = config_problems(s)
+        if problems:
+            raise CtiError("; ".join(problems))
         await self.store.open()
         await self.crm_backend.open()
         if s.crm.seed_demo and await self.crm_backend.is_empty():
@@ -304,6 +303,20 @@ class Daemon:
             "agents_connected": sorted(self.pops.connected_agents()),
             "endpoints": self.endpoints().__dict__,
         }
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def config_problems(settings: Settings) -> list[str]:
+    """Settings that load but must not run: demo pop tokens reachable from the network."""
+    problems = []
+    demo = [a.id for a in settings.agents if a.token.get_secret_value().startswith("demo-")]
+    if demo and settings.pops.host not in LOOPBACK:
+        problems.append(
+            f"agents {', '.join(demo)} still use the demo pop tokens while pops.host is "
+            f"{settings.pops.host!r}: set a token per [[agents]] entry")
+    return problems
 
 
 async def _listen(what: str, setting: str, host: str, port: int, starting: Any) -> Any:

@@ -90,7 +90,8 @@ async def run_trace(traces: Path, name: str, tmp_path: Path, *, speed: float = 1
         "agi": Settings().agi.model_copy(update={"port": 0}),
         "pops": Settings().pops.model_copy(update={"port": 0}),
         "http": Settings().http.model_copy(update={"port": 0}),
-        "crm": Settings().crm.model_copy(update={"path": tmp_path / "crm.sqlite3"}),
+        "crm": Settings().crm.model_copy(update={"path": tmp_path / "crm.sqlite3",
+                                                 "seed_demo": True}),
         "store": Settings().store.model_copy(update={"path": tmp_path / "cti.sqlite3"}),
     })
     daemon = Daemon(settings)

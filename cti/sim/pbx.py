@@ -71,6 +71,9 @@ DEFAULT_CUSTOMERS = [
     ("+16465550199", "Victor Stern"), ("+49301234567", "Jonas Weber"),
     ("+14155550110", "Nora Quiet"), ("+15551230003", "Carol NoAGI"),
     ("+442071838750", "Oliver Brown"), ("+33142685300", "Élodie Martin"),
+    # gold customers route to queue vip, i.e. to agent 1001, the demo's console agent
+    ("+15551231000", "Burst Caller 00"), ("+15551231005", "Burst Caller 05"),
+    ("+15551231010", "Burst Caller 10"), ("+15551231015", "Burst Caller 15"),
 ]
 # where a call goes when no FastAGI URL is configured: like the lab route script would
 _DEFAULT_QUEUE = {"inbound_answered": "vip", "inbound_abandoned": "general",
