@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import random
 import statistics
@@ -155,6 +156,10 @@ async def main_async(args: argparse.Namespace) -> int:
             for _ in range(args.agents):
                 await asyncio.wait_for(sem.acquire(), 30)
             await asyncio.sleep(1.0)
+            # The harness must not stall itself: a full collection over the 200k-event
+            # timeline would delay receive timestamps and be blamed on the daemon.
+            gc.collect()
+            gc.freeze()
             print(f"{args.agents} agents connected; playing {len(timeline)} AMI events "
                   f"({n_calls} calls at {args.rate}/s)", flush=True)
 
