@@ -75,8 +75,11 @@ async def test_cti_demo_command_serves_console_and_records_calls(tmp_path: Path)
                  env={"CTI_HTTP_PORT": str(http), "CTI_POPS_PORT": "0", "CTI_AGI_PORT": "0"})
     try:
         base = f"http://127.0.0.1:{http}"
-        status = await wait_for(lambda: get_json(f"{base}/api/status"), 20, "the demo's API")
-        assert status["ami"]["state"] == "connected"
+        async def ami_connected() -> bool:
+            status = await get_json(f"{base}/api/status")
+            return status["ami"]["state"] == "connected"
+
+        await wait_for(ami_connected, 20, "the demo's daemon to log in to the simulator")
         records = await wait_for(lambda: get_json(f"{base}/api/calls"), 30, "a call record")
         assert records[0]["call_id"] and records[0]["outcome"] in (
             "answered", "abandoned", "no_agent", "failed")
