@@ -7,19 +7,17 @@ rewritten to the ones the client chose.
 
 from __future__ import annotations
 
-import ast
 import asyncio
-import codecs
 import contextlib
 import json
 import os
-import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from casefiles import case_blocks
 import structlog
 
 from cti.ami.client import AmiClient, AmiState, backoff_delay, md5_key
@@ -38,19 +36,6 @@ SECRET = "s3cr3t-never-logged"
 
 
 # --- shared material ---------------------------------------------------------------------
-
-
-def case_blocks(cases_dir: Path, number: str) -> list[list[bytes]]:
-    """Every fenced block of case ``number``, one bytes item per non-empty line."""
-    path = next(cases_dir.glob(f"{number}-*.md"))
-    blocks = []
-    for body in re.findall(r"```[a-z]*\n(.*?)```", path.read_text(), re.S):
-        lines = [line for line in body.splitlines() if line.strip()]
-        if all(line.startswith('b"') for line in lines):
-            blocks.append([ast.literal_eval(line) for line in lines])
-        else:
-            blocks.append([codecs.escape_decode(line.encode())[0] for line in lines])
-    return blocks
 
 
 class Trace:

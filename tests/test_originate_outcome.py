@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
+from casefiles import case_blocks
 
 from cti.ami.protocol import Parser
 from cti.callbacks.originate import OriginateOutcome, from_event, from_reply, timed_out
-
-
-def case_blocks(cases_dir: Path, name: str) -> list[bytes]:
-    text = (cases_dir / name).read_text()
-    blocks = re.findall(r"```\n(.*?)```", text, re.S)
-    return [b.strip().replace("\\r\\n", "\r\n").encode() for b in blocks]
 
 
 def messages(data: bytes) -> list:
@@ -22,7 +16,8 @@ def messages(data: bytes) -> list:
 
 
 def test_case_11_reason_codes_map_to_callback_outcomes(cases_dir: Path) -> None:
-    [data] = case_blocks(cases_dir, "11-originate-reason-codes.md")
+    [lines] = case_blocks(cases_dir, "11")
+    data = b"".join(lines)
     results = {r.action_id: r for r in map(from_event, messages(data))}
     assert {k: v.outcome for k, v in results.items()} == {
         "cb-1": OriginateOutcome.AGENT_ANSWERED, "cb-2": OriginateOutcome.NO_ANSWER,
@@ -35,8 +30,8 @@ def test_case_11_reason_codes_map_to_callback_outcomes(cases_dir: Path) -> None:
 
 
 def test_case_10_reversed_originate_results_keep_their_own_outcomes(cases_dir: Path) -> None:
-    blocks = case_blocks(cases_dir, "10-ami-actionid-correlation.md")
-    data = blocks[1].replace(b"<id1>", b"a-1").replace(b"<id2>", b"a-2")
+    data = b"".join(case_blocks(cases_dir, "10")[1])
+    data = data.replace(b"<id1>", b"a-1").replace(b"<id2>", b"a-2")
     events = [m for m in messages(data) if m.name == "OriginateResponse"]
     outcomes = {r.action_id: r.outcome for r in map(from_event, events)}
     assert outcomes == {"a-2": OriginateOutcome.BUSY, "a-1": OriginateOutcome.AGENT_ANSWERED}

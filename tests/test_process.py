@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from cti.sim.events import CallParams
 from cti.sim.pbx import PbxSimulator
