@@ -119,7 +119,8 @@ def cmd_calls(args: argparse.Namespace) -> int:
         talk = "" if c.get("talk_time") is None else f"{c['talk_time']:.0f}"
         caller = cti_log.mask_number(c.get("caller_num")) if c.get("caller_num") else "withheld"
         print(f"{c['call_id']:<22} {c['direction']:<8} {outcome:<14} {c.get('queue') or '-':<11} "
-              f"{c.get('agent') or '-':<6} {wait:>5} {talk:>5}  {caller} {c.get('caller_name') or ''}")
+              f"{c.get('agent') or '-':<6} {wait:>5} {talk:>5}  {caller} "
+              f"{c.get('caller_name') or ''}")
     return 0
 
 

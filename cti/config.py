@@ -180,7 +180,8 @@ class CrmSettings(_Section):
 
         v = v.upper()
         if v not in phonenumbers.SUPPORTED_REGIONS:
-            raise ValueError(f"crm.default_region {v!r} is not an ISO 3166 region phonenumbers knows")
+            raise ValueError(
+                f"crm.default_region {v!r} is not an ISO 3166 region phonenumbers knows")
         return v
 
 

@@ -115,7 +115,8 @@ class LookupResult:
 
     number: str | None                   # normalised form used (E.164 or short number)
     matches: list[Customer] = field(default_factory=list)
-    status: str = "not_found"            # found | ambiguous | not_found | no_number | error | timeout
+    # found | ambiguous | not_found | no_number | error | timeout
+    status: str = "not_found"
 
     @property
     def customer(self) -> Customer | None:

@@ -43,7 +43,7 @@ CONSOLE_FILE = Path(__file__).with_name("static") / "console.html"
 
 
 class CloseCode(enum.IntEnum):
-    """Close codes this server uses (see README.md, "Screen pop messages" for what a client should do)."""
+    """Close codes this server uses (README, "Screen pop messages": what a client does)."""
 
     GOING_AWAY = 1001         # server stopping: reconnect with backoff
     POLICY_VIOLATION = 1008   # auth failed / auth timeout / too many invalid frames: don't retry
