@@ -50,7 +50,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from cti.ami.protocol import Message
+from cti.ami.protocol import Message, is_empty_value
 from cti.calls.agents import AgentDirectory, channel_base, channel_interfaces, interface_key
 from cti.calls.model import (
     AgentLeg,
@@ -73,7 +73,6 @@ _NO_CALLER = frozenset({
     "private", "unavailable", "withheld", "blocked", "unknowncallerid", "nocallerid",
 })
 _NUMBER_CHARS = frozenset("+0123456789 -().#*")
-_EMPTY = ("", "<unknown>", "<null>", "<none>")
 
 # DialEnd DialStatus -> how a ringing leg ended (CANCEL depends on why; see _on_dial_end).
 _DIAL_END = {"NOANSWER": LegState.NO_ANSWER, "BUSY": LegState.BUSY,
@@ -113,7 +112,7 @@ def usable_caller_name(name: str | None) -> str | None:
 def _value(msg: Message, key: str) -> str | None:
     """A header with Asterisk's "no value" spellings turned into None."""
     value = msg.get(key)
-    return None if value is None or value in _EMPTY else value
+    return None if is_empty_value(value) else value
 
 
 def _int(value: str | None) -> int | None:
