@@ -63,15 +63,11 @@ from cti.calls.model import (
     Outcome,
     Route,
 )
+from cti.crm.phone import is_withheld
 from cti.log import get_logger
 
 log = get_logger(__name__)
 
-# Caller ids that mean "withheld or unknown" (case 15), compared lower-cased.
-_NO_CALLER = frozenset({
-    "", "<unknown>", "unknown", "<null>", "null", "<none>", "none", "anonymous", "restricted",
-    "private", "unavailable", "withheld", "blocked", "unknowncallerid", "nocallerid",
-})
 _NUMBER_CHARS = frozenset("+0123456789 -().#*")
 
 # DialEnd DialStatus -> how a ringing leg ended (CANCEL depends on why; see _on_dial_end).
@@ -94,7 +90,7 @@ def usable_caller_id(num: str | None, min_digits: int = 3) -> str | None:
     if num is None:
         return None
     text = num.strip()
-    if text.lower() in _NO_CALLER or not set(text) <= _NUMBER_CHARS:
+    if is_withheld(text) or not set(text) <= _NUMBER_CHARS:
         return None
     if sum(c.isdigit() for c in text) < min_digits:
         return None
@@ -106,7 +102,7 @@ def usable_caller_name(name: str | None) -> str | None:
     if name is None:
         return None
     text = name.strip()
-    return None if text.lower() in _NO_CALLER else text
+    return None if is_withheld(text) else text
 
 
 def _value(msg: Message, key: str) -> str | None:

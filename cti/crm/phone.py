@@ -73,6 +73,19 @@ class Number:
         return self.kind != "none"
 
 
+def _bare(text: str) -> str:
+    return text.strip().strip("<>\"'").replace(" ", "").lower()
+
+
+def is_withheld(text: str) -> bool:
+    """True for a spelling of "no caller id" in :data:`WITHHELD` (``<unknown>``, ``Anonymous``).
+
+    The one test for withheld numbers and placeholder names; :func:`normalise`,
+    the call tracker and the pop book all use it.
+    """
+    return _bare(text) in WITHHELD
+
+
 def _none(raw: str | None, reason: str) -> Number:
     return Number("none", None, raw, reason)
 
@@ -113,7 +126,7 @@ def normalise(raw: str | None, region: str, min_digits: int = 3,
     # NFKC folds full-width digits and brackets (typed with CJK input methods,
     # "１３８００１３８０００") into ASCII; the result is still checked below.
     text = unicodedata.normalize("NFKC", raw)
-    word = text.strip().strip("<>\"'").replace(" ", "").lower()
+    word = _bare(text)
     if word in WITHHELD:
         return _none(raw, "withheld" if word else "empty")
 

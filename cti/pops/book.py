@@ -33,6 +33,7 @@ from typing import Any
 
 from cti.calls.model import AgentLeg, Call, CallUpdate, Change, LegState
 from cti.crm.base import Customer, LookupResult
+from cti.crm.phone import is_withheld
 from cti.log import get_logger
 
 log = get_logger(__name__)
@@ -40,10 +41,6 @@ log = get_logger(__name__)
 Pair = tuple[str, dict[str, Any]]
 
 FLAG_NAMES = ("open_complaint", "unresolved", "vip", "churn_risk", "complainer")
-
-# Caller id spellings that mean "no name" (case 15); the number test is "has a digit".
-_JUNK_NAMES = frozenset({"", "anonymous", "unknown", "<unknown>", "restricted", "private",
-                         "unavailable", "withheld"})
 
 # LookupResult.status -> the pop's match status, when the matches do not decide it.
 _MATCH_BY_STATUS = {"not_found": "not_found", "no_number": "withheld", "error": "error",
@@ -115,7 +112,7 @@ def _caller_of(call: Call) -> dict[str, Any]:
     number = (call.caller_num or "").strip()
     withheld = not any(c.isdigit() for c in number)
     name = (call.caller_name or "").strip()
-    if name.lower() in _JUNK_NAMES:
+    if is_withheld(name):
         name = ""
     return {"number": None if withheld else number, "name": name or None, "withheld": withheld}
 
