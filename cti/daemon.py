@@ -213,6 +213,7 @@ class Daemon:
     # -- call updates out --------------------------------------------------------
 
     def _dispatch(self, updates: list[CallUpdate]) -> None:
+        live_changed = False
         for update in updates:
             pairs = self.book.apply(update)
             if pairs:
@@ -221,12 +222,16 @@ class Daemon:
             change = update.change
             if change is Change.CALLER_KNOWN:
                 self._want_profile(update.call)
+            elif change is Change.STARTED:
+                live_changed = True
             elif change is Change.ENDED:
+                live_changed = True
                 self._records.put_nowait(update.call.as_dict())
                 self.pops.publish(self.book.forget(update.call.call_id))
                 outcome = update.call.outcome.value if update.call.outcome else "unknown"
                 self.metrics.calls_ended.labels(outcome).inc()
-        self.metrics.calls_live.set(len(self.tracker.live_calls()))
+        if live_changed:  # only STARTED and ENDED change the live count; spare the hot path
+            self.metrics.calls_live.set(len(self.tracker.live_calls()))
 
     def _on_route(self, uniqueid: str, route: Route, lookup: LookupResult | None) -> None:
         self.metrics.routes.labels(route.queue, route.source).inc()
