@@ -29,7 +29,6 @@ from cti.calls.tracker import CallTracker
 from cti.config import Settings
 from cti.crm.base import LookupResult
 from cti.crm.cache import CachedCrm
-from cti.crm.phone import normalise
 from cti.crm.sqlite import SqliteCrm
 from cti.errors import CtiError
 from cti.log import get_logger
@@ -243,9 +242,8 @@ class Daemon:
 
     def _want_profile(self, call: Call) -> None:
         """Look the caller up on first sight, so even a call with no route gets a full pop."""
-        number = normalise(call.caller_num, self.settings.crm.default_region,
-                           self.settings.crm.min_digits)
-        if number.kind == "none" or number.value is None:
+        number = self.routes.normalise(call.caller_num)
+        if not number.usable or number.value is None:
             self.pops.publish(self.book.set_profile(
                 call.call_id, LookupResult(number=None, status="no_number")))
             return
