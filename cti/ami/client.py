@@ -53,13 +53,12 @@ from cti.errors import (
     AmiProtocolError,
     AmiTimeout,
 )
-from cti.log import get_logger
+from cti.log import SECRET_KEYS, get_logger
 
 log = get_logger(__name__)
 
 Headers = Mapping[str, HeaderValue] | Iterable[tuple[str, HeaderValue]]
 
-_SECRET_HEADERS = frozenset({"secret", "key"})
 _READ_SIZE = 65536
 _STOPPED = "client stopped"
 
@@ -626,7 +625,7 @@ def _take_action_id(headers: Headers, action_id: str | None,
 
 
 def _masked(pairs: list[tuple[str, HeaderValue]]) -> list[tuple[str, Any]]:
-    return [(k, "***" if k.lower() in _SECRET_HEADERS else v) for k, v in pairs]
+    return [(k, "***" if k.lower() in SECRET_KEYS else v) for k, v in pairs]
 
 
 def _is_error(msg: Message) -> bool:
