@@ -37,7 +37,7 @@ from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 from cti.ami.protocol import Kind, Message, Parser
-from cti.log import get_logger, mask_number
+from cti.log import get_logger, mask_text
 from cti.sim.events import (
     LAB_QUEUES,
     SCENARIOS,
@@ -327,7 +327,7 @@ class PbxSimulator:
         call.task = asyncio.get_running_loop().create_task(
             self._run_inbound(call, agents), name=f"sim-call-{linkedid}")
         log.info("sim.call_started", call_id=linkedid, scenario=scenario,
-                 caller=mask_number(params.number))
+                 caller=params.number)
         return linkedid
 
     async def _run_inbound(self, call: _Call,
@@ -1012,7 +1012,8 @@ class PbxSimulator:
         variables = {k.strip().lstrip("_"): v for k, _, v in (p.partition("=") for p in pairs)}
         cid_num, cid_name = parse_callerid(msg.get("CallerID"))
         m = re.fullmatch(r"Local/([^@]+)@([^/]+)(?:/n)?", channel)
-        log.info("sim.originate", action_id=action_id, channel=channel, context=context)
+        # the channel is Local/<dialled number>@context: mask it like any number
+        log.info("sim.originate", action_id=action_id, channel=mask_text(channel), context=context)
         if m is None:
             # bad technology: refused before any channel exists
             if not is_async:
