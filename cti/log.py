@@ -4,7 +4,7 @@ Every module logs through ``get_logger(__name__)``. Two rules hold for every
 line at INFO and above, whatever the caller passed:
 
 * phone numbers are masked except their last 4 digits (keys in
-  :data:`NUMBER_KEYS`, and digit runs of 7+ inside free-text values);
+  :data:`NUMBER_KEYS`, and digit runs of 7+ inside the event text and ``error=``);
 * secrets never appear (keys in :data:`SECRET_KEYS` are replaced).
 """
 
@@ -20,6 +20,8 @@ import structlog
 NUMBER_KEYS = frozenset({"number", "caller", "caller_num", "callerid", "phone", "e164",
                          "dialed", "exten", "to", "from_number"})
 SECRET_KEYS = frozenset({"secret", "password", "token", "key", "authorization"})
+# free text that may quote a number (an exception about a lookup): digit runs masked
+_TEXT_KEYS = frozenset({"event", "error"})
 _DIGITS = re.compile(r"\+?\d[\d\- ()]{5,}\d")  # no dots: IPs, versions, Uniqueids stay
 
 
@@ -59,7 +61,7 @@ def _scrub(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
             continue
         elif low in NUMBER_KEYS and isinstance(value, str):
             event[key] = mask_number(value)
-        elif key == "event" and isinstance(value, str):
+        elif low in _TEXT_KEYS and isinstance(value, str):
             event[key] = mask_text(value)
     return event
 

@@ -36,6 +36,15 @@ def test_info_lines_mask_numbers_and_hide_secrets(capsys: pytest.CaptureFixture[
     structlog.reset_defaults()  # other tests capture logs with structlog.testing
 
 
+def test_error_text_at_warning_has_its_numbers_masked(capsys: pytest.CaptureFixture[str]) -> None:
+    setup("INFO")
+    get_logger("t").warning("crm lookup failed", error="no answer for +8613800138000")
+    err = capsys.readouterr().err
+    assert "8613800138000" not in err and "8000" in err
+    logging.getLogger().handlers.clear()
+    structlog.reset_defaults()
+
+
 def test_addresses_and_versions_are_not_mistaken_for_numbers() -> None:
     text = "server listening on 127.0.0.1:8765, Asterisk 22.10.1"
     assert mask_text(text) == text
