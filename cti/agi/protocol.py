@@ -282,13 +282,6 @@ class AgiReply:
         """False for ``100 Trying``: the real reply is still to come."""
         return self.code != 100
 
-    @property
-    def result_int(self) -> int | None:
-        try:
-            return int(self.result) if self.result is not None else None
-        except ValueError:
-            return None
-
 
 class HangupNotice:
     """The ``HANGUP`` line Asterisk writes when the channel hangs up."""

@@ -30,6 +30,7 @@ class HttpApi:
         self.app.add_routes([
             web.get("/", self.index),
             web.get("/console", self.console),
+            web.get("/favicon.ico", self.favicon),
             web.get("/healthz", self.healthz),
             web.get("/metrics", self.metrics),
             web.get("/api/status", self.status),
@@ -58,6 +59,9 @@ class HttpApi:
     async def console(self, request: web.Request) -> web.Response:
         page = resources.files("cti.pops").joinpath("static/console.html").read_text("utf-8")
         return web.Response(text=page, content_type="text/html")
+
+    async def favicon(self, request: web.Request) -> web.Response:
+        return web.Response(status=204)  # browsers ask for it; a 404 is console noise
 
     async def healthz(self, request: web.Request) -> web.Response:
         ami = self.daemon.ami

@@ -460,19 +460,6 @@ class SqliteCrm:
                              " VALUES (?, ?)", [(customer_id, p) for p in products])
         return created
 
-    def add_customer(self, customer_id: str, name: str, **fields: Any) -> None:
-        """Create a customer (see :meth:`upsert_customer` for ``fields``).
-
-        Raises :class:`CrmError` if ``customer_id`` exists already.
-        """
-        if self.get_customer_sync(customer_id) is not None:
-            raise CrmError(f"customer {customer_id!r} exists already")
-        self.upsert_customer(customer_id, name, **fields)
-
-    def add_product(self, name: str) -> None:
-        with self._tx(f"add product {name!r}", write=True) as conn:
-            conn.execute("INSERT OR IGNORE INTO products (name) VALUES (?)", (name,))
-
     def add_article(self, article_id: str, product: str, title: str,
                     url: str | None = None) -> None:
         """Create or replace a knowledge article shown to agents for ``product``."""
