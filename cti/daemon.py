@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from tenacity import AsyncRetrying, wait_exponential
+
 from cti.agi.server import AgiServer
 from cti.ami.client import AmiClient
 from cti.ami.protocol import Message
@@ -279,12 +281,24 @@ class Daemon:
             record = await self._records.get()
             if record is None:
                 return
+            # A record is never dropped: a failing store (disk full, locked file) is
+            # retried with backoff, while later records wait behind it in order.
+            retrying = AsyncRetrying(
+                wait=wait_exponential(multiplier=0.5, max=30),
+                stop=lambda state: self._stopping and state.attempt_number >= 3,
+                before_sleep=lambda state: log.warning(
+                    "could not store a call record; retrying", call_id=record["call_id"],
+                    error=str(state.outcome.exception()) if state.outcome else None),
+                reraise=True)
             try:
-                await self.store.save_call(record)
-                log.info("call record stored", call_id=record["call_id"],
-                         outcome=record.get("outcome"), agent=record.get("agent"))
+                async for attempt in retrying:
+                    with attempt:
+                        await self.store.save_call(record)
             except Exception:
-                log.exception("could not store a call record", call_id=record["call_id"])
+                log.exception("call record lost at shutdown", call_id=record["call_id"])
+                continue
+            log.info("call record stored", call_id=record["call_id"],
+                     outcome=record.get("outcome"), agent=record.get("agent"))
 
     async def _outbox_worker(self) -> None:
         delay = OUTBOX_INTERVAL
