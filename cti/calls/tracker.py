@@ -735,14 +735,19 @@ class CallTracker:
                                 msg.get("MemberName"), msg.get("Queue"))
         return leg
 
-    def _on_agent_called(self, msg: Message, now: float) -> list[CallUpdate]:
-        out: list[CallUpdate] = []
+    def _queue_member_event(self, msg: Message, now: float,
+                            out: list[CallUpdate]) -> tuple[_Track | None, AgentLeg | None]:
+        """Call and member leg of an AgentCalled / AgentConnect (the caller is the customer)."""
         track, uid = self._track_for(msg, now, out)
         if track is None:
-            return out
+            return None, None
         self._ensure_customer(track, uid, msg.get("Channel"))
-        leg = self._member_leg(track, msg, now, out)
-        if leg is None:
+        return track, self._member_leg(track, msg, now, out)
+
+    def _on_agent_called(self, msg: Message, now: float) -> list[CallUpdate]:
+        out: list[CallUpdate] = []
+        track, leg = self._queue_member_event(msg, now, out)
+        if track is None or leg is None:
             return out
         # DialBegin may have made the leg first: add what only the queue knows
         leg.queue = msg.get("Queue") or leg.queue
@@ -757,12 +762,8 @@ class CallTracker:
 
     def _on_agent_connect(self, msg: Message, now: float) -> list[CallUpdate]:
         out: list[CallUpdate] = []
-        track, uid = self._track_for(msg, now, out)
-        if track is None:
-            return out
-        self._ensure_customer(track, uid, msg.get("Channel"))
-        leg = self._member_leg(track, msg, now, out)
-        if leg is None:
+        track, leg = self._queue_member_event(msg, now, out)
+        if track is None or leg is None:
             return out
         leg.queue = msg.get("Queue") or leg.queue
         self._connect(track, leg, now, out, _int(msg.get("HoldTime")))
