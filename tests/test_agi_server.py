@@ -309,10 +309,15 @@ async def test_trace_session_gets_the_recorded_route(name: str, traces_dir: Path
     commands = await asterisk(stack.port, env_bytes(session), recorded_answers(session))
 
     ours = sets_of(commands)
+    number = env["agi_callerid"]
+    if number not in FakeCrm().customers:
+        # a recording whose caller this CRM does not know: the default route, in time
+        assert (ours["CTI_QUEUE"], ours["CTI_CUSTOMER_ID"]) == ("general", "")
+        assert commands[-1].startswith('VERBOSE "CTI route for ')
+        return
     for var in ("CTI_QUEUE", "CTI_SEGMENT", "CTI_PRIORITY", "CTI_CUSTOMER_ID"):
         assert ours[var] == recorded_sets(session)[var], var
     assert ours["CTI_ROUTE_REASON"].startswith(ours["CTI_CUSTOMER_ID"])
-    number = env["agi_callerid"]
     assert commands[-1] == (f'VERBOSE "CTI route for {mask_number(number)}: '
                             f'{ours["CTI_QUEUE"]}" 1')
     assert number not in "\n".join(commands)          # masked towards Asterisk too

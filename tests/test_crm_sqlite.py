@@ -167,8 +167,11 @@ def trace_routes(traces_dir: Path) -> list[tuple[str, dict[str, str]]]:
 
 async def test_every_trace_caller_is_routed_as_recorded_with_the_demo_data(
         tmp_path: Path, traces_dir: Path) -> None:
-    sessions = trace_routes(traces_dir)
-    assert len(sessions) == 24
+    # the callers the demo data was written for (new recordings may bring others)
+    known = {"+15551230001", "+15551230002", "+15551230010", "+15551230020",
+             *(f"+1555123{1000 + i}" for i in range(20))}
+    sessions = [(caller, sets) for caller, sets in trace_routes(traces_dir) if caller in known]
+    assert {caller for caller, _ in sessions} == known
     crm = SqliteCrm(tmp_path / "demo.sqlite3", "US")
     assert await crm.is_empty()
     await seed_demo(crm)
