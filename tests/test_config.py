@@ -61,7 +61,8 @@ def test_duplicate_agent_ids_are_rejected(tmp_path: Path) -> None:
 
 def test_secret_is_not_echoed_in_errors(tmp_path: Path) -> None:
     cfg = tmp_path / "s.toml"
-    cfg.write_text('[ami]\nsecret = 12\nport = 0\n')
+    cfg.write_text('[ami]\nsecret = 918273645\nport = 0\n')
     with pytest.raises(ConfigError) as err:
         load_settings(cfg)
-    assert "ami.port" in str(err.value)
+    assert "ami.secret" in str(err.value) and "ami.port" in str(err.value)
+    assert "918273645" not in str(err.value)
